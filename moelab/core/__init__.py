@@ -1,0 +1,1 @@
+"""Registry, errors and the plain data types every layer shares."""

@@ -1,0 +1,17 @@
+"""Errors a user can cause; the entry points print them as one line instead of a traceback."""
+
+
+class MoelabError(Exception):
+    """Base class for errors caused by input (config, paths, checkpoints), not by bugs."""
+
+
+class ConfigError(MoelabError, ValueError):
+    """A config value is missing, malformed or out of range."""
+
+
+class UnknownComponentError(ConfigError):
+    """A component name is not registered."""
+
+
+class CheckpointError(MoelabError):
+    """A model directory or its weights cannot be used."""

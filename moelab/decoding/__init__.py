@@ -1,0 +1,1 @@
+"""Decoding loops (autoregressive, speculative), registered as `decoding=<name>`."""

@@ -1,0 +1,75 @@
+"""What every decoding loop returns, and the one forward step they all share."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from moelab.models.offloaded import OffloadedModel
+
+
+@dataclass
+class StepTiming:
+    step: int  # executor step number (-1 under the reference backend)
+    phase: str  # "prefill" | "decode" | "verify"
+    batch: int  # which batch of prompts
+    rows: int  # sequences in that batch
+    tokens: int  # tokens fed through the model in this step
+    new_tokens: int  # tokens committed to the output by this step (per sequence)
+    wall_ms: float  # host time from issuing the step to having its tokens
+
+
+@dataclass
+class Generation:
+    new_tokens: list[list[int]]  # per prompt, in workload order
+    steps: list[StepTiming] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)  # per step, last-position logits (if kept)
+
+    def ttft_ms(self) -> list[float]:
+        return [s.wall_ms for s in self.steps if s.phase == "prefill"]
+
+    def decode_ms_per_token(self) -> list[float]:
+        """Host time per committed token of each decode step."""
+        return [s.wall_ms / max(1, s.new_tokens) for s in self.steps if s.phase != "prefill"]
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Batch prompts with padding on the left; no mask is needed for a batch of one."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    if len(prompts) == 1:
+        return ids.to(device), None
+    return ids.to(device), mask.to(device)
+
+
+def forward_step(
+    om: OffloadedModel,
+    phase: str,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    cache: Any,
+) -> tuple[torch.Tensor, int]:
+    """One model forward inside an executor step; returns logits [batch, seq, vocab] and the step number."""
+    position_ids = None
+    if attention_mask is not None:
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+    step = om.backend.begin_step(phase, input_ids.numel())
+    try:
+        out = om.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=cache, use_cache=True,
+        )
+    finally:
+        om.backend.end_step()
+    return out.logits, step
+
+
+def now_ms() -> float:
+    return time.perf_counter() * 1e3

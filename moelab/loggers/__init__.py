@@ -1,0 +1,1 @@
+"""Where run results go, registered as `logger=<name>`."""

@@ -1,0 +1,34 @@
+"""Local results: one row per run in results/<experiment>/runs.parquet, steps beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from moelab.core.registry import register
+from moelab.results.console import print_summary
+from moelab.results.store import append_row, write_parquet
+
+
+@register("logger", "local")
+class LocalLogger:
+    def __init__(self, results_dir: str = "results", console: bool = True):
+        self.results_dir = Path(results_dir)
+        self.console = console
+
+    def run_dir(self, experiment: str, run_id: str) -> Path:
+        return self.results_dir / experiment / run_id
+
+    def log_run(self, row: Mapping[str, Any], steps: pd.DataFrame | None) -> Path:
+        """Write the step table (if any) then append the row; returns the runs file."""
+        experiment, rid = str(row["experiment"]), str(row["run_id"])
+        if steps is not None and len(steps):
+            write_parquet(steps.assign(run_id=rid), self.run_dir(experiment, rid) / "steps.parquet")
+        runs = self.results_dir / experiment / "runs.parquet"
+        append_row(runs, row)
+        if self.console:
+            print_summary(row)
+        return runs

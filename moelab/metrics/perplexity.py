@@ -1,0 +1,22 @@
+"""Perplexity of the workload's reference text under whichever backend the model is using."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from moelab.decoding.base import forward_step
+from moelab.models.offloaded import OffloadedModel
+
+
+@torch.no_grad()
+def perplexity(om: OffloadedModel, ids: list[int]) -> float:
+    """exp(mean next-token NLL) over `ids`, one teacher-forced forward pass."""
+    if len(ids) < 2:
+        return float("nan")
+    x = torch.tensor([ids], dtype=torch.long, device=om.device)
+    logits, _ = forward_step(om, "score", x, None, None)
+    nll = F.cross_entropy(logits[0, :-1].float(), x[0, 1:], reduction="mean")
+    return math.exp(nll.item())

@@ -1,0 +1,144 @@
+"""From what a run recorded to its per-step table and its one results row.
+
+Run-level numbers are over decode steps (prefill is reported apart: `ttft_ms`,
+`h2d_bytes_prefill`), because decode is where offloading policies differ and where TPOT is
+measured. Definitions follow METRICS.md; where it leaves a choice, the docstring says it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from moelab.core.types import ExpertKey
+from moelab.decoding.base import Generation
+from moelab.metrics.belady import belady_misses
+from moelab.offload.executor import ExecutorCounters
+from moelab.offload.timeline import Timeline
+
+NAN = float("nan")
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b else NAN
+
+
+def step_table(gen: Generation, timeline: Timeline) -> pd.DataFrame:
+    """One row per executor step: host time, the copy/compute timeline, hits and bytes."""
+    by_step = {w.step: i for i, w in enumerate(timeline.steps)}
+    summaries = timeline.step_summaries()
+    uses: dict[int, Counter] = defaultdict(Counter)
+    for u in timeline.uses:
+        c = uses[u.step]
+        c["uses"] += 1
+        c["hits"] += u.hit
+        c["prefetched_uses"] += u.first_prefetched_use
+    copies: dict[int, Counter] = defaultdict(Counter)
+    for c in timeline.copies:
+        copies[c.step][f"h2d_bytes_{c.cause}"] += c.nbytes
+        copies[c.step][f"copies_{c.cause}"] += 1
+    rows = []
+    for s in gen.steps:
+        row = {
+            "step": s.step, "phase": s.phase, "batch": s.batch, "rows": s.rows, "tokens": s.tokens,
+            "new_tokens": s.new_tokens, "wall_ms": s.wall_ms,
+        }
+        if s.step in by_step:
+            row.update(summaries[by_step[s.step]])
+        u = uses.get(s.step, Counter())
+        cp = copies.get(s.step, Counter())
+        row.update(
+            uses=u["uses"], hits=u["hits"], prefetched_uses=u["prefetched_uses"],
+            h2d_bytes_demand=cp["h2d_bytes_demand"], h2d_bytes_prefetch=cp["h2d_bytes_prefetch"],
+            copies_demand=cp["copies_demand"], copies_prefetch=cp["copies_prefetch"],
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def token_agreement(outputs: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> float:
+    """Fraction of generated positions whose token equals the reference's at the same position."""
+    same = total = 0
+    for out, ref in zip(outputs, reference):
+        n = max(len(out), len(ref))
+        total += n
+        same += sum(1 for a, b in zip(out, ref) if a == b)
+    return _div(same, total)
+
+
+def floor_ms(
+    counters: ExecutorCounters,
+    capacity: int,
+    expert_bytes: int,
+    decode_steps: set[int],
+    h2d_bytes_per_ms: float,
+    compute_ms: float,
+) -> tuple[float, float]:
+    """(Belady bytes over decode steps, floor ms for them): max(bytes / measured bandwidth, compute)."""
+    accesses = [(step, ExpertKey(layer, e)) for step, layer, experts in counters.routing for e in experts]
+    misses = belady_misses(accesses, capacity)
+    nbytes = sum(misses[s] for s in decode_steps) * expert_bytes
+    transfer_ms = nbytes / h2d_bytes_per_ms if h2d_bytes_per_ms and not math.isnan(h2d_bytes_per_ms) else NAN
+    if nbytes == 0:
+        transfer_ms = 0.0
+    return float(nbytes), max(transfer_ms, compute_ms) if not math.isnan(transfer_ms) else NAN
+
+
+def run_metrics(
+    gen: Generation,
+    steps: pd.DataFrame,
+    timeline: Timeline,
+    counters: ExecutorCounters,
+    transfer_counts: dict[str, int],
+    capacity: int,
+    expert_bytes: int,
+) -> dict[str, float]:
+    decode = steps[steps.phase != "prefill"]
+    prefill = steps[steps.phase == "prefill"]
+    per_token = np.asarray(gen.decode_ms_per_token(), dtype=float)
+    committed = float((decode.new_tokens * decode.rows).sum()) if len(decode) else 0.0
+    decode_wall = float(decode.wall_ms.sum()) if len(decode) else 0.0
+    all_copies = timeline.copies
+    demand = [c for c in all_copies if c.cause == "demand"]
+    demand_ms = sum(c.end - c.start for c in demand)
+    all_ms = sum(c.end - c.start for c in all_copies)
+    bw = _div(sum(c.nbytes for c in all_copies), all_ms)  # bytes per ms over every copy of the run
+    col = lambda df, name: float(df[name].sum()) if name in df and len(df) else 0.0  # noqa: E731
+    belady_bytes, floor_total = floor_ms(
+        counters, capacity, expert_bytes, set(decode.step), bw, col(decode, "compute_ms")
+    )
+    decode_tokens = committed
+    tpot = float(per_token.mean()) if per_token.size else NAN
+    floor_per_token = _div(floor_total, decode_tokens)
+    prefetched = transfer_counts.get("prefetch", 0)
+    return {
+        "ttft_ms": float(np.mean(gen.ttft_ms())) if gen.ttft_ms() else NAN,
+        "tpot_ms": tpot,
+        "tpot_median_ms": float(np.median(per_token)) if per_token.size else NAN,
+        "tpot_p90_ms": float(np.percentile(per_token, 90)) if per_token.size else NAN,
+        "tokens_per_s": _div(committed, decode_wall / 1e3),
+        "decode_tokens": committed,
+        "hit_rate": _div(col(decode, "hits"), col(decode, "uses")),
+        "prefetch_precision": _div(counters.prefetched_used, prefetched),
+        "prefetch_recall": _div(col(decode, "prefetched_uses"), col(decode, "uses")),
+        "cpu_share": _div(counters.cpu_uses, counters.cpu_uses + col(steps, "uses")),
+        "h2d_bytes_demand": col(decode, "h2d_bytes_demand"),
+        "h2d_bytes_prefetch": col(decode, "h2d_bytes_prefetch"),
+        "h2d_bytes_wasted": float(counters.wasted_bytes),
+        "h2d_bytes_prefill": col(prefill, "h2d_bytes_demand") + col(prefill, "h2d_bytes_prefetch"),
+        "copy_ms": col(decode, "copy_ms"),
+        "overlap": _div(col(decode, "overlap_ms"), col(decode, "copy_ms")),
+        "stall_ms": col(decode, "stall_ms"),
+        "stall_share": _div(col(decode, "stall_ms"), decode_wall),
+        "compute_ms": col(decode, "compute_ms"),
+        "h2d_gbps_demand": _div(sum(c.nbytes for c in demand), demand_ms) / 1e6,
+        "h2d_gbps": bw / 1e6 if not math.isnan(bw) else NAN,
+        "belady_bytes": belady_bytes,
+        "floor_ms_per_token": floor_per_token,
+        "efficiency": _div(floor_per_token, tpot),
+        "evictions": float(counters.evictions),
+    }

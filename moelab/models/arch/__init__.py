@@ -1,0 +1,1 @@
+"""One adapter per architecture family, registered as `model` components by HF `model_type`."""

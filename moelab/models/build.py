@@ -1,0 +1,191 @@
+"""Turn a `model` config into an OffloadedModel.
+
+`plan_model` reads only configs (a meta-device skeleton, no weights), so a run can check its
+budget and component names before a single byte is loaded. `materialize` then allocates
+the store, puts the non-expert weights on the device and fills the experts: from a local
+checkpoint, or random (`random_init`) at any size, generated on the device when there is one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from moelab.core import registry
+from moelab.core.errors import CheckpointError, ConfigError
+from moelab.core.types import ModelSpec
+from moelab.models.adapter import MoeAdapter
+from moelab.models.checkpoint import find_config, load_checkpoint
+from moelab.models.offloaded import OffloadedExperts, OffloadedModel
+from moelab.models.tokenizer import load_tokenizer
+from moelab.offload.layout import ExpertLayout
+from moelab.offload.store import ExpertStore
+
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
+    """A dtype name; `auto` is float32 on the CPU (bitwise checks) and bfloat16 on a GPU."""
+    if name == "auto":
+        return torch.bfloat16 if device is not None and device.type == "cuda" else torch.float32
+    if name not in DTYPE_NAMES:
+        raise ConfigError(f"unknown dtype {name!r}; allowed: auto, {', '.join(DTYPE_NAMES)}")
+    return DTYPE_NAMES[name]
+
+
+def adapter_for(model_type: str) -> MoeAdapter:
+    """The adapter of an HF `model_type`, or an error naming the supported ones."""
+    supported = registry.names("model")
+    if model_type not in supported:
+        raise ConfigError(
+            f"architecture {model_type!r} has no moelab MoE adapter; supported architectures: {', '.join(supported)}"
+        )
+    return registry.get("model", model_type)()
+
+
+@dataclass
+class ModelPlan:
+    """A model known by its config alone: its skeleton lives on the meta device."""
+
+    name: str
+    adapter: MoeAdapter
+    skeleton: nn.Module
+    spec: ModelSpec
+    layout: ExpertLayout
+    dtype: torch.dtype
+    path: Path | None
+    seed: int
+
+    @property
+    def total_expert_bytes(self) -> int:
+        return self.spec.total_experts * self.spec.expert_bytes
+
+
+def hf_config(cfg: Mapping[str, Any]) -> tuple[Any, MoeAdapter, Path | None]:
+    """The transformers config a model config describes, and its adapter."""
+    path = cfg.get("path")
+    overrides = dict(cfg.get("config") or {})
+    if path:
+        path = Path(str(path)).expanduser()
+        raw = find_config(path)
+        model_type = raw.get("model_type")
+        if not model_type:
+            raise CheckpointError(f"{path}/config.json has no model_type")
+        adapter = adapter_for(model_type)
+        config = AutoConfig.from_pretrained(str(path), **overrides)
+    else:
+        arch = cfg.get("arch")
+        if not arch:
+            raise ConfigError("model needs either `path` (a local HF directory) or `arch` with `random_init: true`")
+        adapter = adapter_for(str(arch))
+        if cfg.get("tiny"):
+            overrides = adapter.tiny_config(**overrides)
+        try:
+            config = AutoConfig.for_model(str(arch), **overrides)
+        except (TypeError, ValueError, KeyError) as e:
+            raise ConfigError(f"invalid model.config for {arch}: {e}") from None
+    if cfg.get("num_layers") is not None:
+        adapter.set_num_layers(config, int(cfg["num_layers"]))
+    return config, adapter, path
+
+
+def plan_model(cfg: Mapping[str, Any], device: torch.device | None = None) -> ModelPlan:
+    """Everything about the model except its weights (`device` only resolves `dtype: auto`)."""
+    config, adapter, path = hf_config(cfg)
+    if path is None and not cfg.get("random_init", False):
+        raise ConfigError("model.path is not set: give a local HF directory, or set model.random_init=true")
+    dtype = parse_dtype(str(cfg.get("dtype", "auto")), device)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    blocks = adapter.moe_blocks(skeleton)
+    if not blocks:
+        raise CheckpointError(f"{path or cfg.get('arch')}: the model has no MoE layers with fused experts")
+    first = next(iter(blocks.values())).experts
+    layout = ExpertLayout.from_module(first)
+    spec = ModelSpec(
+        moe_layers=tuple(blocks),
+        num_experts=int(first.num_experts),
+        top_k=adapter.top_k(config),
+        expert_bytes=layout.nbytes,
+        hidden_size=int(config.hidden_size),
+    )
+    return ModelPlan(str(cfg.get("name", config.model_type)), adapter, skeleton, spec, layout, dtype, path,
+                     int(cfg.get("seed", 0)))
+
+
+def _swap_experts(om: OffloadedModel) -> None:
+    for layer, block in om.adapter.moe_blocks(om.model).items():
+        om.hf_experts[layer] = block.experts
+        block.experts = OffloadedExperts(layer, om.spec.num_experts, om)
+
+
+def materialize(plan: ModelPlan, device: torch.device) -> OffloadedModel:
+    """Allocate the store, place non-expert weights on `device`, fill the experts."""
+    store = ExpertStore(plan.layout, plan.spec.moe_layers, plan.spec.num_experts, pin=device.type == "cuda")
+    model = plan.skeleton
+    om = OffloadedModel(model, plan.adapter, store, plan.spec, device, plan.dtype, name=plan.name)
+    _swap_experts(om)
+    model.to_empty(device=device)
+    torch.manual_seed(plan.seed)
+    model.initialize_weights()  # random non-expert weights and the non-persistent buffers (rotary)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    if plan.path is not None:
+        load_checkpoint(model, plan.adapter, store, plan.path)
+    else:
+        fill_random(store, std=float(getattr(model.config, "initializer_range", 0.02)), seed=plan.seed, device=device)
+    model.eval().requires_grad_(False)
+    om.tokenizer = load_tokenizer(plan.path, model.config)
+    return om
+
+
+def fill_random(store: ExpertStore, std: float, seed: int, device: torch.device) -> None:
+    """Normal(0, std) expert weights, zero biases, as transformers initialises them.
+
+    Drawn on the GPU when there is one (filling billions of values on the host takes minutes),
+    one expert at a time, and copied into the store.
+    """
+    for li, layer in enumerate(store.layers):
+        for ti, (name, t) in enumerate(store.layer_tensors(layer).items()):
+            if name.endswith("_bias"):
+                t.zero_()
+                continue
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + li * 101 + ti)
+            if device.type == "cpu":
+                t.normal_(0.0, std, generator=gen)
+                continue
+            for e in range(t.shape[0]):
+                chunk = torch.empty(t.shape[1:], dtype=t.dtype, device=device).normal_(0.0, std, generator=gen)
+                t[e].copy_(chunk)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def offload_hf_model(model: nn.Module, device: torch.device | str = "cpu", name: str = "") -> OffloadedModel:
+    """Offload an HF model that is already built (its experts move into a store; the rest to `device`)."""
+    device = torch.device(device)
+    adapter = adapter_for(model.config.model_type)
+    blocks = adapter.moe_blocks(model)
+    if not blocks:
+        raise CheckpointError(f"{type(model).__name__} has no MoE layers with fused experts")
+    first = next(iter(blocks.values())).experts
+    layout = ExpertLayout.from_module(first)
+    spec = ModelSpec(tuple(blocks), int(first.num_experts), adapter.top_k(model.config), layout.nbytes,
+                     int(model.config.hidden_size))
+    store = ExpertStore(layout, spec.moe_layers, spec.num_experts, pin=device.type == "cuda")
+    for layer, block in blocks.items():
+        for pname, t in store.layer_tensors(layer).items():
+            t.copy_(getattr(block.experts, pname).detach())
+        block.experts.to("meta")
+    dtype = next(iter(store.layer_tensors(spec.moe_layers[0]).values())).dtype
+    om = OffloadedModel(model, adapter, store, spec, device, dtype, name=name or model.config.model_type)
+    _swap_experts(om)
+    model.to(device).eval().requires_grad_(False)
+    om.tokenizer = load_tokenizer(None, model.config)
+    return om

@@ -1,0 +1,84 @@
+"""GPU expert budget: how many expert slots a run gets, checked against the model and the device."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from moelab.core.errors import ConfigError
+from moelab.core.types import ModelSpec
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class Budget:
+    experts: int
+    requested: str  # what the config asked for, for the results row
+
+    def row(self, spec: ModelSpec) -> dict[str, Any]:
+        return {
+            "budget_experts": self.experts,
+            "budget_gib": self.experts * spec.expert_bytes / GIB,
+            "budget_fraction": self.experts / spec.total_experts,
+            "budget_requested": self.requested,
+        }
+
+
+def free_device_bytes(device: torch.device) -> int:
+    """Memory the cache can still take on `device` (host MemAvailable for a CPU device)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
+def resolve_budget(cfg: Mapping[str, Any], spec: ModelSpec, device: torch.device, reserve_gib: float = 0.0) -> Budget:
+    """Slots from `gpu_experts`, else `gpu_gib`, else `fraction` (of all routed experts), first one set wins."""
+    unknown = set(cfg) - {"gpu_experts", "fraction", "gpu_gib", "name"}
+    if unknown:
+        raise ConfigError(f"budget has no setting(s) {', '.join(sorted(unknown))}; allowed: gpu_experts, fraction, gpu_gib")
+    given = [(k, cfg[k]) for k in ("gpu_experts", "gpu_gib", "fraction") if cfg.get(k) is not None]
+    if not given:
+        raise ConfigError("budget needs one of budget.gpu_experts, budget.gpu_gib or budget.fraction")
+    key, value = given[0]
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(f"budget.{key} must be a number, got {value!r}")
+    total = spec.total_experts
+    if key == "gpu_experts":
+        if int(value) != value:
+            raise ConfigError(f"budget.gpu_experts must be an integer, got {value}")
+        n = int(value)
+    elif key == "fraction":
+        if not 0 < float(value) <= 1:
+            raise ConfigError(f"budget.fraction must be in (0, 1], got {value}")
+        n = max(1, round(float(value) * total))
+    else:
+        if float(value) <= 0:
+            raise ConfigError(f"budget.gpu_gib must be > 0, got {value}")
+        n = int(float(value) * GIB // spec.expert_bytes)
+    if n < spec.top_k:
+        raise ConfigError(
+            f"budget {key}={value} gives {n} expert slot(s), below what one layer needs: "
+            f"top_k={spec.top_k} (allowed: {spec.top_k}..{total} experts, "
+            f"i.e. fraction >= {spec.top_k / total:.4f} or gpu_gib >= {spec.top_k * spec.expert_bytes / GIB:.3f})"
+        )
+    n = min(n, total)
+    need = n * spec.expert_bytes
+    free = free_device_bytes(device) - int(reserve_gib * GIB)
+    if need > free:
+        raise ConfigError(
+            f"budget {key}={value} needs {need / GIB:.2f} GiB for {n} expert slots but only {max(free, 0) / GIB:.2f} "
+            f"GiB of {device.type} memory is free; allowed: at most {max(free, 0) // spec.expert_bytes} experts"
+        )
+    return Budget(n, f"{key}={value}")

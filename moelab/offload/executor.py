@@ -1,0 +1,388 @@
+"""OffloadExecutor: runs every MoE layer's experts out of the GPU expert cache.
+
+For one layer call: read the router's choice (the one host sync per layer), tell the
+prefetch policy, ask the balancer where each needed expert runs, give missing GPU experts
+a slot (the cache policy picks victims) and fetch them, then compute: experts already
+resident first, so their work hides the fetches of the others. Tokens are grouped by
+expert exactly as transformers' grouped path does, and per-(token, k) outputs are summed in
+the same order, so the result does not depend on which experts were resident.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import accumulate
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from moelab.core.types import CacheView, ExpertKey, ModelSpec, Placement, PrefetchRequest, RoutingEvent
+from moelab.offload.cache import GpuExpertCache, Slot
+from moelab.offload.clock import clock_for
+from moelab.offload.kernels import ExpertKernel
+from moelab.offload.store import ExpertStore
+from moelab.offload.timeline import Timeline, TimelineRecorder
+from moelab.offload.transfer import TransferEngine
+from moelab.policies.base import Balancer, CachePolicy, PrefetchPolicy
+
+
+@dataclass
+class StepInfo:
+    step: int
+    phase: str
+    num_tokens: int
+    start: Any = None
+
+
+@dataclass
+class ExecutorCounters:
+    """Counts kept on the host as decisions are made (times come from the timeline)."""
+
+    wasted_bytes: int = 0
+    prefetched_unused_evicted: int = 0
+    prefetched_used: int = 0
+    cpu_uses: int = 0
+    evictions: int = 0
+    routing: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)  # (step, layer, experts)
+
+
+class OffloadExecutor:
+    def __init__(
+        self,
+        store: ExpertStore,
+        kernels: dict[int, ExpertKernel],
+        spec: ModelSpec,
+        capacity: int,
+        device: torch.device,
+        prefetch: PrefetchPolicy,
+        cache_policy: CachePolicy,
+        balancer: Balancer,
+        max_prefetch_per_layer: int | None = None,
+    ):
+        self.store = store
+        self.kernels = kernels
+        self.spec = spec
+        self.device = device
+        self.clock = clock_for(device)
+        self.cache = GpuExpertCache(store.layout, capacity, device)
+        self.prefetch = prefetch
+        self.cache_policy = cache_policy
+        self.balancer = balancer
+        self.max_prefetch_per_layer = max_prefetch_per_layer
+        self.cpu_worker: Any = None  # seam for CPU expert computation (balancers that place experts on the CPU)
+        # Layers whose experts are all resident skip the per-layer host sync when no policy needs
+        # the routing before the layer's compute (policies declare `needs_routing_sync`).
+        self.sync_free = not (
+            getattr(prefetch, "needs_routing_sync", True) or getattr(balancer, "needs_routing_sync", True)
+        )
+        self.recorder = TimelineRecorder(self.clock, self._compute_stream())
+        self.transfers = TransferEngine(store, self.cache, self.recorder, device)
+        self.reset()
+
+    # ------------------------------------------------------------------ lifecycle
+    def _compute_stream(self) -> Any:
+        return torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+
+    def reset(self) -> None:
+        """Empty the cache, forget policy state and measurements (between runs that share the model)."""
+        self.clock.synchronize()
+        self.cache.clear()
+        self.prefetch.reset(self.spec)
+        self.cache_policy.reset(self.spec, self.cache.capacity)
+        self.balancer.reset(self.spec)
+        self.recorder = TimelineRecorder(self.clock, self._compute_stream())
+        self.transfers.reset(self.recorder)
+        self.counters = ExecutorCounters()
+        self._step: StepInfo | None = None
+        self._step_no = -1
+        self._deferred: list[tuple[int, str, int, torch.Tensor, Any]] = []
+
+    @property
+    def capacity(self) -> int:
+        return self.cache.capacity
+
+    def view(self) -> CacheView:
+        return self.cache.view(self.clock.done)
+
+    def begin_step(self, phase: str, num_tokens: int) -> int:
+        """Open a forward step (prefill, decode or verification); returns its number."""
+        self._step_no += 1
+        self._step = StepInfo(self._step_no, phase, num_tokens, self.recorder.mark())
+        return self._step_no
+
+    def end_step(self) -> None:
+        """Close the step: let the prefetcher plan for the next one, mark the end of compute."""
+        info = self._step
+        assert info is not None, "end_step without begin_step"
+        self._flush_deferred()
+        self._prefetch(self.prefetch.on_step_end(info.step, self.view()), pinned=set())
+        self.recorder.step(info.step, info.phase, info.start, self.recorder.mark())
+        self._step = None
+        self.recorder.resolve()
+
+    def finish(self) -> Timeline:
+        """Wait for the device and resolve every mark; prefetched experts never used count as wasted."""
+        tl = self.recorder.resolve(final=True)
+        for slot in self.cache.slots:
+            if slot.key is not None and slot.prefetched and not slot.used:
+                self.counters.wasted_bytes += self.store.expert_bytes
+        return tl
+
+    # ------------------------------------------------------------------ slots
+    def _allocate(self, key: ExpertKey, pinned: set[ExpertKey]) -> Slot | None:
+        """A slot for `key`: a free one, else the cache policy's victim among unpinned residents."""
+        slot = self.cache.free_slot()
+        if slot is None:
+            candidates = [k for k in self.cache.table if k not in pinned]
+            if not candidates:
+                return None
+            victim = self.cache_policy.victim(candidates)
+            slot = self.cache.lookup(victim)
+            assert slot is not None
+            if slot.prefetched and not slot.used:
+                self.counters.wasted_bytes += self.store.expert_bytes
+                self.counters.prefetched_unused_evicted += 1
+            self.cache.unbind(slot)
+            self.cache_policy.on_evict(victim)
+            self.counters.evictions += 1
+        return slot
+
+    def _fetch(self, key: ExpertKey, pinned: set[ExpertKey]) -> Slot | None:
+        slot = self._allocate(key, pinned)
+        if slot is None:
+            return None
+        self.transfers.drop(key)
+        ready = self.transfers.copy_in(key, slot, "demand", self._step_no)
+        self.cache.bind(slot, key, ready, prefetched=False)
+        self.cache_policy.on_insert(key)
+        pinned.add(key)
+        return slot
+
+    def _prefetch(self, requests: Sequence[PrefetchRequest], pinned: set[ExpertKey]) -> None:
+        if requests:
+            self.transfers.submit(requests)
+        if not self.transfers.queue:
+            return
+
+        def allocate(key: ExpertKey, priority: float) -> Slot | None:
+            slot = self._allocate(key, pinned)
+            if slot is not None:
+                self.cache_policy.on_insert(key)
+            return slot
+
+        self.transfers.pump(allocate, self._step_no, self.max_prefetch_per_layer)
+
+    # ------------------------------------------------------------------ the MoE layer
+    def run_layer(
+        self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Experts of one MoE layer for `hidden` [T, H] routed as `top_k_index`/`top_k_weights` [T, K]."""
+        if self._step is None:  # a forward outside begin/end_step (e.g. a user calling the model directly)
+            self.begin_step("forward", hidden.shape[0])
+            try:
+                return self.run_layer(layer, hidden, top_k_index, top_k_weights)
+            finally:
+                self.end_step()
+        if self.sync_free and self.cache.layer_count(layer) == self.spec.num_experts:
+            return self._run_resident(layer, hidden, top_k_index, top_k_weights)
+        info = self._step
+        rec = self.recorder
+        before_sync = rec.mark()
+        chosen = top_k_index.reshape(-1).tolist()  # the one host sync per layer: which experts, how many tokens
+        rec.gap(before_sync, rec.mark())
+        counts = Counter(chosen)
+        experts = sorted(counts)
+        ncounts = [counts[e] for e in experts]
+        self.counters.routing.append((info.step, layer, tuple(experts)))
+        event = RoutingEvent(info.step, layer, info.phase, hidden.shape[0], tuple(experts), tuple(ncounts))
+        view = self.view()
+        requests = self.prefetch.on_routing(event, view)
+        placement = self.balancer.assign(layer, experts, ncounts, view)
+
+        batch = _LayerBatch(hidden, top_k_index, top_k_weights, experts, ncounts, self._out_dtype(top_k_weights))
+        cpu = [e for e in experts if placement.get(e, Placement.GPU) is Placement.CPU]
+        gpu = [e for e in experts if placement.get(e, Placement.GPU) is not Placement.CPU]
+        if cpu:
+            if self.cpu_worker is None:
+                raise RuntimeError(
+                    f"balancer {type(self.balancer).__name__} placed experts on the CPU but there is no CPU worker"
+                )
+            self.cpu_worker.run(layer, cpu, batch)
+            self.counters.cpu_uses += sum(counts[e] for e in cpu)
+        self._run_gpu_experts(layer, gpu, batch, requests)
+        return batch.combine()
+
+    def _out_dtype(self, routing: torch.Tensor) -> torch.dtype:
+        """dtype of (expert output x routing weight), as transformers combines them."""
+        return torch.promote_types(self.store.layout.tensors[0].dtype, routing.dtype)
+
+    def _compute(self, layer: int, group: list[int], batch: _LayerBatch) -> None:
+        """One grouped expert computation for `group` (all resident), rows ordered by slot."""
+        slot_of = {e: self.cache.table[ExpertKey(layer, e)] for e in group}
+        counts = [0] * self.cache.capacity
+        rows: list[int] = []
+        row_slots: list[int] = []
+        for e in sorted(group, key=slot_of.__getitem__):
+            a, b = batch.offsets[e]
+            counts[slot_of[e]] = b - a
+            rows.extend(range(a, b))
+            row_slots.extend([slot_of[e]] * (b - a))
+        dev = batch.hidden.device
+        idx = torch.tensor(rows, device=dev)
+        offs = torch.tensor(list(accumulate(counts)), dtype=torch.int32, device=dev)
+        slots_t = torch.tensor(row_slots, device=dev) if self.kernels[layer].has_bias else None
+        y = self.kernels[layer](batch.routed[idx], self.cache.pools, offs, slots_t, counts)
+        batch.rows[batch.perm[idx]] = y * batch.routed_w[idx].unsqueeze(-1)
+
+    def _run_gpu_experts(
+        self, layer: int, experts: list[int], batch: _LayerBatch, requests: Sequence[PrefetchRequest]
+    ) -> None:
+        """Resident experts in one grouped call (hiding the demand fetches), then the fetched ones."""
+        info = self._step
+        assert info is not None
+        pinned: set[ExpertKey] = set()
+        present: list[int] = []
+        missing: list[int] = []
+        kinds: dict[int, str] = {}
+        for e in experts:
+            slot = self.cache.lookup(ExpertKey(layer, e))
+            if slot is None:
+                missing.append(e)
+                continue
+            pinned.add(slot.key)
+            if slot.ready is not None and self.clock.done(slot.ready):
+                slot.ready = None
+            kinds[e] = "resident" if slot.ready is None else "inflight"
+            present.append(e)
+
+        fetched: list[int] = []
+
+        def fetch_more() -> None:
+            while missing and self._fetch(ExpertKey(layer, missing[0]), pinned) is not None:
+                kinds[missing[0]] = "demand"
+                fetched.append(missing.pop(0))
+
+        fetch_more()
+        self._prefetch(requests, pinned)  # queued behind this layer's demand copies
+        group = present
+        while True:
+            if group:
+                self._use_group(layer, group, kinds, batch)
+                for e in group:
+                    pinned.discard(ExpertKey(layer, e))
+            fetch_more()
+            group, fetched = fetched, []
+            if not group:
+                break
+        if missing:
+            raise RuntimeError(f"layer {layer}: no slot for experts {missing} (capacity {self.cache.capacity})")
+
+    def _use_group(self, layer: int, group: list[int], kinds: dict[int, str], batch: _LayerBatch) -> None:
+        """Wait for the group's copies on the compute stream, compute it, record uses and last use."""
+        info = self._step
+        assert info is not None
+        rec = self.recorder
+        stream = self._compute_stream()
+        slots = [self.cache.lookup(ExpertKey(layer, e)) for e in group]
+        pending = [s for s in slots if s.ready is not None]
+        wait_start = None
+        if pending:
+            wait_start = rec.mark()
+            if stream is not None:
+                for s in pending:
+                    stream.wait_event(s.ready)
+            rec.stall(wait_start, rec.mark())
+        for e, s in zip(group, slots):
+            first_prefetched = s.prefetched and not s.used
+            rec.use(info.step, s.key, kinds[e], first_prefetched, wait_start if s.ready is not None else None, s.ready)
+            s.used = True
+            self.counters.prefetched_used += first_prefetched
+            self.cache_policy.on_access(s.key)
+        self._compute(layer, group, batch)
+        last = rec.mark() if stream is not None else None
+        for s in slots:
+            s.last_use = last
+
+    # ------------------------------------------------------------------ fully resident layers
+    def _run_resident(
+        self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Every expert of the layer holds a slot: no host sync, routing read back after the step."""
+        info = self._step
+        assert info is not None
+        rec = self.recorder
+        stream = self._compute_stream()
+        slots = self.cache.layer_slots(layer)
+        pending = [s for s in slots if s.ready is not None and not self.clock.done(s.ready)]
+        if pending:
+            wait_start = rec.mark()
+            for s in pending:
+                stream.wait_event(s.ready)
+            rec.stall(wait_start, rec.mark())
+        num_tokens, top_k = top_k_index.shape
+        flat = top_k_index.reshape(-1)
+        _, perm = torch.sort(flat)  # transformers' order of the (token, k) pairs within each expert ...
+        sorted_slots, by_slot = torch.sort(self.cache.slot_map(layer)[flat[perm]], stable=True)
+        perm = perm[by_slot]  # ... kept while the groups are laid out in slot order
+        capacity = self.cache.capacity
+        hist_in = sorted_slots.float() if hidden.device.type == "cpu" else sorted_slots.int()
+        per_slot = torch.histc(hist_in, bins=capacity, min=0, max=capacity - 1)
+        offs = torch.cumsum(per_slot, dim=0, dtype=torch.int32)
+        kernel = self.kernels[layer]
+        y = kernel(hidden[perm // top_k], self.cache.pools, offs, sorted_slots if kernel.has_bias else None)
+        rows = torch.empty(num_tokens * top_k, hidden.shape[-1], dtype=self._out_dtype(top_k_weights),
+                           device=hidden.device)
+        rows[perm] = y * top_k_weights.reshape(-1)[perm].unsqueeze(-1)
+        last = rec.mark() if stream is not None else None
+        for s in slots:
+            s.last_use = last
+        if stream is not None:
+            host = torch.empty(top_k_index.shape, dtype=top_k_index.dtype, pin_memory=True)
+            host.copy_(top_k_index, non_blocking=True)
+            done = rec.mark()
+        else:
+            host, done = top_k_index.clone(), None
+        self._deferred.append((info.step, info.phase, layer, host, done))
+        return rows.view(num_tokens, top_k, -1).sum(dim=1).to(hidden.dtype)
+
+    def _flush_deferred(self) -> None:
+        """Account for routing read back asynchronously by `_run_resident` (all uses were hits)."""
+        for step, phase, layer, host, done in self._deferred:
+            if done is not None:
+                done.synchronize()
+            counts = Counter(host.reshape(-1).tolist())
+            experts = sorted(counts)
+            self.counters.routing.append((step, layer, tuple(experts)))
+            for e in experts:
+                slot = self.cache.lookup(ExpertKey(layer, e))
+                first_prefetched = slot.prefetched and not slot.used
+                self.recorder.use(step, slot.key, "resident", first_prefetched, None, None)
+                slot.used = True
+                self.counters.prefetched_used += first_prefetched
+                self.cache_policy.on_access(slot.key)
+            event = RoutingEvent(step, layer, phase, host.shape[0], tuple(experts), tuple(counts[e] for e in experts))
+            self.prefetch.on_routing(event, self.view())
+        self._deferred = []
+
+
+class _LayerBatch:
+    """One layer call's (token, k) pairs grouped by expert, as transformers' grouped path orders them."""
+
+    def __init__(self, hidden, top_k_index, top_k_weights, experts, counts, out_dtype):
+        self.hidden = hidden
+        self.num_tokens, self.top_k = top_k_index.shape
+        _, self.perm = torch.sort(top_k_index.reshape(-1))
+        self.routed = hidden[self.perm // self.top_k]
+        self.routed_w = top_k_weights.reshape(-1)[self.perm]
+        self.offsets: dict[int, tuple[int, int]] = {}
+        start = 0
+        for e, c in zip(experts, counts):
+            self.offsets[e] = (start, start + c)
+            start += c
+        self.rows = torch.empty(self.num_tokens * self.top_k, hidden.shape[-1], dtype=out_dtype, device=hidden.device)
+
+    def combine(self) -> torch.Tensor:
+        """Sum over each token's k experts, in k order (independent of which experts ran first)."""
+        return self.rows.view(self.num_tokens, self.top_k, -1).sum(dim=1).to(self.hidden.dtype)

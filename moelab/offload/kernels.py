@@ -1,0 +1,68 @@
+"""Expert feed-forward over the slot pool, with exactly the math of the HF experts module it replaces.
+
+The gate function, weight orientation and biases are read off the HF module (transformers'
+`use_experts_implementation` sets `is_transposed`, `has_bias`, `has_gate`, `_apply_gate`).
+Rows arrive grouped by slot; one grouped GEMM per projection covers every expert of a phase,
+through transformers' own grouped linear, so per-expert results equal the un-offloaded
+model's (bitwise on the CPU) and small experts cost one launch per layer, not five per expert.
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:  # the helper transformers' grouped experts path is built on (same in 5.17 .. 5.23)
+    from transformers.integrations.moe import _grouped_linear
+except ImportError:  # pragma: no cover - only on transformers versions that moved it
+    _grouped_linear = None
+
+
+def _per_group_linear(
+    x: torch.Tensor, w: torch.Tensor, counts: list[int], bias: torch.Tensor | None, transposed: bool
+) -> torch.Tensor:
+    """Fallback: one matmul per non-empty group (what grouped_mm does on the CPU)."""
+    out = x.new_empty(x.shape[0], w.shape[-1] if transposed else w.shape[-2], dtype=w.dtype)
+    start = 0
+    for g, n in enumerate(counts):
+        if n:
+            wg = w[g] if transposed else w[g].t()
+            torch.mm(x[start : start + n].to(w.dtype), wg, out=out[start : start + n])
+        start += n
+    if bias is not None:
+        out.add_(bias)
+    return out
+
+
+class ExpertKernel:
+    def __init__(self, hf_experts: torch.nn.Module):
+        self.module = hf_experts  # parameters may be on the meta device: only its gate/act functions are used
+        self.transposed = bool(getattr(hf_experts, "is_transposed", False))
+        self.has_bias = bool(getattr(hf_experts, "has_bias", False))
+        self.has_gate = bool(getattr(hf_experts, "has_gate", True))
+        self.up_name = "gate_up_proj" if self.has_gate else "up_proj"
+
+    def _linear(self, x, w, offs, counts, bias):
+        if _grouped_linear is not None:
+            return _grouped_linear(x, w, offs, bias=bias, is_transposed=self.transposed)
+        if counts is None:
+            counts = torch.diff(offs, prepend=offs.new_zeros(1)).tolist()
+        return _per_group_linear(x, w, counts, bias, self.transposed)
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        pools: dict[str, torch.Tensor],
+        offs: torch.Tensor,
+        row_slots: torch.Tensor | None,
+        counts: list[int] | None = None,
+    ) -> torch.Tensor:
+        """x: [rows, hidden] sorted by slot; offs: int32 cumulative rows per slot (one entry per slot).
+
+        Returns the unweighted expert outputs [rows, hidden]. `row_slots` (slot of each row) is
+        needed for biases only; `counts` (rows per slot, on the host) spares a sync in the fallback.
+        """
+        up_bias = pools[f"{self.up_name}_bias"][row_slots] if self.has_bias else None
+        h = self._linear(x, pools[self.up_name], offs, counts, up_bias)
+        h = self.module._apply_gate(h) if self.has_gate else self.module.act_fn(h)
+        down_bias = pools["down_proj_bias"][row_slots] if self.has_bias else None
+        return self._linear(h, pools["down_proj"], offs, counts, down_bias)

@@ -1,0 +1,1 @@
+"""Decision logic: what to prefetch, what to evict, where to compute. Pure Python, no CUDA."""

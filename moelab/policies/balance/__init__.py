@@ -1,0 +1,1 @@
+"""Balancers (GPU vs CPU placement), one module each; registered as `balancer=<name>`."""

@@ -1,0 +1,1 @@
+"""Cache (eviction) policies, one module each; registered as `cache=<name>`."""

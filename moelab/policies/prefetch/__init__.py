@@ -1,0 +1,1 @@
+"""Prefetch policies, one module each; registered as `prefetch=<name>`."""

@@ -1,0 +1,1 @@
+"""Results rows and per-step tables: schema, atomic writes, loading."""

@@ -1,0 +1,236 @@
+"""The one recipe: a resolved config in, one measured run (a results row) out.
+
+Order matters: every component name and the budget are checked before any weight is read,
+the un-offloaded reference runs first (it also warms up the kernels), then a short warm-up
+through the executor, then the timed generation, then accuracy passes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from moelab.core import registry
+from moelab.core.errors import ConfigError, MoelabError
+from moelab.metrics.perplexity import perplexity
+from moelab.metrics.summary import run_metrics, step_table, token_agreement
+from moelab.models.build import ModelPlan, materialize, plan_model
+from moelab.models.offloaded import OffloadedModel
+from moelab.offload.budget import GIB, Budget, free_device_bytes, resolve_budget
+from moelab.offload.executor import OffloadExecutor
+from moelab.offload.kernels import ExpertKernel
+from moelab.results.row import base_row, device_name
+
+NAN = float("nan")
+COMPONENT_KINDS = ("prefetch", "cache", "balancer", "decoding", "workload", "logger")
+
+
+@dataclass
+class Components:
+    prefetch: Any
+    cache: Any
+    balancer: Any
+    decoding: Any
+    workload: Any
+    logger: Any
+
+
+def build_components(cfg: Mapping[str, Any]) -> Components:
+    """Instantiate every registered component named in the config (fails fast on unknown names)."""
+    built = {}
+    for kind in COMPONENT_KINDS:
+        section = cfg.get(kind)
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"config has no `{kind}` section; registered {kind} names: {', '.join(registry.names(kind))}")
+        extra = {"results_dir": cfg.get("results_dir", "results")} if kind == "logger" else {}
+        params = {k: v for k, v in section.items() if not (kind == "logger" and k == "results_dir")}
+        built[kind] = registry.build(kind, params, **extra)
+    return Components(**built)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; allowed: auto, cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"unsupported device {name!r}; allowed: auto, cpu, cuda, cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
+    return device
+
+
+def nonexpert_bytes(plan: ModelPlan) -> int:
+    params = sum(p.numel() * p.element_size() for p in plan.skeleton.parameters())
+    return params - plan.total_expert_bytes
+
+
+class ModelCache:
+    """Keeps the last loaded model so runs of a sweep that share the model config skip reloading it."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.model: OffloadedModel | None = None
+        self.loads = 0
+
+    def get(self, model_cfg: Mapping[str, Any], device: torch.device, plan: ModelPlan) -> OffloadedModel:
+        key = json.dumps({"model": model_cfg, "device": str(device)}, sort_keys=True, default=str)
+        if key != self.key or self.model is None:
+            self.model = None  # free the previous model before loading the next
+            self.model = materialize(plan, device)
+            self.key = key
+            self.loads += 1
+        return self.model
+
+
+MODELS = ModelCache()
+
+
+def model_row(om: OffloadedModel) -> dict[str, Any]:
+    spec = om.spec
+    return {
+        "model": om.name,
+        "architecture": om.config.model_type,
+        "layers": int(om.config.num_hidden_layers),
+        "moe_layers": len(spec.moe_layers),
+        "experts": spec.num_experts,
+        "total_experts": spec.total_experts,
+        "top_k": spec.top_k,
+        "dtype": str(om.dtype).removeprefix("torch."),
+        "expert_mib": spec.expert_bytes / 2**20,
+        "experts_gib": spec.total_experts * spec.expert_bytes / GIB,
+    }
+
+
+def make_executor(om: OffloadedModel, budget: Budget, comps: Components) -> OffloadExecutor:
+    kernels = {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}
+    return OffloadExecutor(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
+                           comps.balancer)
+
+
+def _reference_fits(om: OffloadedModel) -> bool:
+    if om.device.type == "cpu":
+        return True
+    return om.store.total_bytes < free_device_bytes(om.device) - GIB
+
+
+def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Execute one run and record it (also when it fails); returns the results row."""
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    experiment = str(c.get("experiment_name", "default"))
+    row = base_row(c, experiment)
+    logger = None
+    steps = None
+    t_start = time.time()
+    try:
+        comps = build_components(c)
+        logger = comps.logger
+        device = resolve_device(str(c.get("device", "auto")))
+        row.update(device=device.type, device_name=device_name(device))
+        plan = plan_model(c["model"], device)
+        reserve = (nonexpert_bytes(plan) + GIB) / GIB if device.type == "cuda" else 0.0
+        budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
+        wl, dec = comps.workload, comps.decoding
+        row.update(
+            policy=c.get("policy", ""), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
+            balancer=c["balancer"]["name"], decoding=c["decoding"]["name"], gamma=getattr(dec, "gamma", None),
+            workload=c["workload"]["name"], prompts=len(wl.prompts), new_tokens=wl.max_new_tokens,
+            batch=wl.batch_size, seed=int(c.get("seed", 0)), **budget.row(plan.spec),
+        )
+        torch.manual_seed(int(c.get("seed", 0)))
+        om = MODELS.get(c["model"], device, plan)
+        row.update(model_row(om))
+        executor = make_executor(om, budget, comps)
+        batches = wl.batches(om.tokenizer.encode)
+        ppl_ids = om.tokenizer.encode(wl.reference_text)[: wl.ppl_tokens] if wl.reference_text else []
+
+        want_ref = str(c.get("reference", "auto")).lower()
+        ref_tokens, ppl_ref = None, NAN
+        if want_ref in ("true", "auto") and (want_ref == "true" or _reference_fits(om)):
+            if _reference_fits(om):
+                om.reference.materialize()
+            with om.using(om.reference):
+                ref_tokens = dec.generate(om, batches, wl.max_new_tokens).new_tokens
+                ppl_ref = perplexity(om, ppl_ids) if ppl_ids else NAN
+            om.reference.release()
+
+        with om.using(executor):
+            dec.generate(om, batches[:1], min(2, wl.max_new_tokens))  # warm-up, then forget it
+            executor.reset()
+            total = sum(len(b) for b in batches) * wl.max_new_tokens
+            with tqdm(total=total, desc=f"run {row['run_id']}", unit="tok", disable=not c.get("progress", True),
+                      leave=False) as bar:
+                gen = dec.generate(om, batches, wl.max_new_tokens, on_tokens=bar.update)
+            timeline = executor.finish()
+            steps = step_table(gen, timeline)
+            metrics = run_metrics(gen, steps, timeline, executor.counters, executor.transfers.count,
+                                  executor.capacity, om.spec.expert_bytes)
+            executor.reset()
+            ppl = perplexity(om, ppl_ids) if ppl_ids else NAN
+        row.update(metrics)
+        row.update(
+            token_agreement=token_agreement(gen.new_tokens, ref_tokens) if ref_tokens is not None else NAN,
+            ppl=ppl, ppl_ref=ppl_ref, ppl_delta=ppl - ppl_ref,
+            output_sample=om.tokenizer.decode(gen.new_tokens[0])[:200] if gen.new_tokens else "",
+            status="ok",
+        )
+    except BaseException as e:
+        row["status"] = "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted"
+        row["error"] = f"{type(e).__name__}: {e}"
+        if not isinstance(e, MoelabError | KeyboardInterrupt):
+            row["traceback"] = traceback.format_exc()[-4000:]
+        raise
+    finally:
+        row["wall_s"] = time.time() - t_start
+        _record(row, steps, logger, c)
+    return row
+
+
+def _record(row: dict[str, Any], steps: Any, logger: Any, c: Mapping[str, Any]) -> None:
+    """Write the row even when the run failed before its logger was built."""
+    if logger is None:
+        from moelab.loggers.local import LocalLogger
+
+        logger = LocalLogger(results_dir=str(c.get("results_dir", "results")), console=False)
+    try:
+        logger.log_run(row, steps)
+    except Exception as e:  # recording must never hide the run's own error
+        print(f"warning: could not record run {row.get('run_id')}: {e}", file=sys.stderr)
+
+
+def run_from_hydra(cfg: DictConfig) -> float | None:
+    """Hydra task: a bad input ends a single run with one line; in a sweep it is recorded and skipped."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        multirun = False
+    try:
+        row = run(cfg)
+        return row.get("tpot_ms")
+    except MoelabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        if multirun:
+            return None
+        sys.exit(2)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:
+        if multirun:
+            print(f"run failed ({type(e).__name__}: {e}); recorded as failed, sweep continues", file=sys.stderr)
+            traceback.print_exc()
+            return None
+        raise

@@ -1,0 +1,1 @@
+"""Workloads (prompts, generation length, reference text), registered as `workload=<name>`."""
