@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -25,7 +26,7 @@ from moelab.metrics.perplexity import perplexity
 from moelab.metrics.summary import run_metrics, step_table, token_agreement
 from moelab.models.build import ModelPlan, materialize, plan_model
 from moelab.models.offloaded import OffloadedModel
-from moelab.offload.budget import GIB, Budget, free_device_bytes, resolve_budget
+from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available_bytes, resolve_budget
 from moelab.offload.executor import OffloadExecutor
 from moelab.offload.kernels import ExpertKernel
 from moelab.results.row import base_row, device_name
@@ -50,7 +51,8 @@ def build_components(cfg: Mapping[str, Any]) -> Components:
     for kind in COMPONENT_KINDS:
         section = cfg.get(kind)
         if not isinstance(section, Mapping):
-            raise ConfigError(f"config has no `{kind}` section; registered {kind} names: {', '.join(registry.names(kind))}")
+            names = ", ".join(registry.names(kind))
+            raise ConfigError(f"config has no `{kind}` section; registered {kind} names: {names}")
         extra = {"results_dir": cfg.get("results_dir", "results")} if kind == "logger" else {}
         params = {k: v for k, v in section.items() if not (kind == "logger" and k == "results_dir")}
         built[kind] = registry.build(kind, params, **extra)
@@ -76,6 +78,20 @@ def nonexpert_bytes(plan: ModelPlan) -> int:
     return params - plan.total_expert_bytes
 
 
+def check_host_memory(plan: ModelPlan, budget: Budget, device: torch.device, loaded: bool) -> None:
+    """The expert store lives in host RAM (pinned on a GPU machine): it must fit before loading starts."""
+    need = (0 if loaded else plan.total_expert_bytes) + (
+        budget.experts * plan.spec.expert_bytes if device.type == "cpu" else 0
+    )
+    free = host_available_bytes()
+    if need > free:
+        per_layer = plan.spec.num_experts * plan.spec.expert_bytes
+        raise ConfigError(
+            f"the model's experts need {need / GIB:.1f} GiB of host memory but {free / GIB:.1f} GiB is available; "
+            f"use fewer layers (model.num_layers <= {max(0, int(free // max(per_layer, 1)) - 1)})"
+        )
+
+
 class ModelCache:
     """Keeps the last loaded model so runs of a sweep that share the model config skip reloading it."""
 
@@ -84,8 +100,15 @@ class ModelCache:
         self.model: OffloadedModel | None = None
         self.loads = 0
 
+    @staticmethod
+    def _key(model_cfg: Mapping[str, Any], device: torch.device) -> str:
+        return json.dumps({"model": model_cfg, "device": str(device)}, sort_keys=True, default=str)
+
+    def holds(self, model_cfg: Mapping[str, Any], device: torch.device) -> bool:
+        return self.model is not None and self._key(model_cfg, device) == self.key
+
     def get(self, model_cfg: Mapping[str, Any], device: torch.device, plan: ModelPlan) -> OffloadedModel:
-        key = json.dumps({"model": model_cfg, "device": str(device)}, sort_keys=True, default=str)
+        key = self._key(model_cfg, device)
         if key != self.key or self.model is None:
             self.model = None  # free the previous model before loading the next
             self.model = materialize(plan, device)
@@ -141,6 +164,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         plan = plan_model(c["model"], device)
         reserve = (nonexpert_bytes(plan) + GIB) / GIB if device.type == "cuda" else 0.0
         budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
+        check_host_memory(plan, budget, device, loaded=MODELS.holds(c["model"], device))
         wl, dec = comps.workload, comps.decoding
         row.update(
             policy=c.get("policy", ""), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
@@ -161,8 +185,12 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             if _reference_fits(om):
                 om.reference.materialize()
             with om.using(om.reference):
-                ref_tokens = dec.generate(om, batches, wl.max_new_tokens).new_tokens
+                ref_gen = dec.generate(om, batches, wl.max_new_tokens)
                 ppl_ref = perplexity(om, ppl_ids) if ppl_ids else NAN
+            ref_tokens = ref_gen.new_tokens
+            per_token = ref_gen.decode_ms_per_token()
+            if per_token:  # the un-offloaded model's speed, same prompts (its first steps include warm-up)
+                row["ref_tpot_median_ms"] = float(np.median(per_token))
             om.reference.release()
 
         with om.using(executor):

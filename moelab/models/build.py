@@ -78,7 +78,10 @@ def hf_config(cfg: Mapping[str, Any]) -> tuple[Any, MoeAdapter, Path | None]:
         if not model_type:
             raise CheckpointError(f"{path}/config.json has no model_type")
         adapter = adapter_for(model_type)
-        config = AutoConfig.from_pretrained(str(path), **overrides)
+        try:
+            config = AutoConfig.from_pretrained(str(path), **overrides)
+        except Exception as e:
+            raise CheckpointError(f"{path}/config.json cannot be read as a {model_type} config: {e}") from None
     else:
         arch = cfg.get("arch")
         if not arch:
@@ -88,8 +91,8 @@ def hf_config(cfg: Mapping[str, Any]) -> tuple[Any, MoeAdapter, Path | None]:
             overrides = adapter.tiny_config(**overrides)
         try:
             config = AutoConfig.for_model(str(arch), **overrides)
-        except (TypeError, ValueError, KeyError) as e:
-            raise ConfigError(f"invalid model.config for {arch}: {e}") from None
+        except Exception as e:  # transformers validates fields with its own error types
+            raise ConfigError(f"invalid model.config for {arch}: {' '.join(str(e).split())}") from None
     if cfg.get("num_layers") is not None:
         adapter.set_num_layers(config, int(cfg["num_layers"]))
     return config, adapter, path

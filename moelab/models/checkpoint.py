@@ -46,7 +46,9 @@ def read_header(file: Path) -> dict:
             raise CheckpointError(f"corrupted safetensors file {file}: shorter than its 8-byte header length")
         n = int.from_bytes(raw, "little")
         if n <= 0 or n > size - 8:
-            raise CheckpointError(f"corrupted safetensors file {file}: header length {n} does not fit a {size}-byte file")
+            raise CheckpointError(
+                f"corrupted safetensors file {file}: header length {n} does not fit a {size}-byte file"
+            )
         try:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -159,7 +161,9 @@ def load_checkpoint(model: nn.Module, adapter: MoeAdapter, store: ExpertStore, p
 def _load_expert(store: ExpertStore, ek: tuple[int, int | None, str, int | None], entry: TensorEntry, key: str) -> None:
     layer, expert, tensor, half = ek
     if layer not in store.layers or tensor not in store.layout.names:
-        raise CheckpointError(f"{key}: no such expert tensor in the model (layers {store.layers}, {store.layout.names})")
+        raise CheckpointError(
+            f"{key}: no such expert tensor in the model (layers {store.layers}, tensors {store.layout.names})"
+        )
     dst_all = store.layer_tensors(layer)[tensor]
     if expert is None:
         dst = dst_all

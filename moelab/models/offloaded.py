@@ -17,6 +17,7 @@ from torch import nn
 
 from moelab.core.types import ModelSpec
 from moelab.models.adapter import MoeAdapter
+from moelab.models.plain import NoBackend
 from moelab.offload.store import ExpertStore
 
 
@@ -46,7 +47,7 @@ class OffloadedExperts(nn.Module):
         return f"layer={self.layer}, num_experts={self.num_experts}, offloaded"
 
 
-class ReferenceBackend:
+class ReferenceBackend(NoBackend):
     """All experts resident on the device, run by the HF experts module's own forward."""
 
     def __init__(self, store: ExpertStore, hf_experts: dict[int, nn.Module], device: torch.device):
@@ -76,12 +77,6 @@ class ReferenceBackend:
     def run_layer(self, layer, hidden, top_k_index, top_k_weights):
         params = self._weights(layer)
         return torch.func.functional_call(self.hf_experts[layer], params, (hidden, top_k_index, top_k_weights))
-
-    def begin_step(self, phase: str, num_tokens: int) -> int:
-        return -1
-
-    def end_step(self) -> None:
-        pass
 
 
 @dataclass

@@ -33,6 +33,11 @@ def free_device_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
+    return host_available_bytes()
+
+
+def host_available_bytes() -> int:
+    """MemAvailable of the host (what a new allocation can take without swapping)."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -47,7 +52,9 @@ def resolve_budget(cfg: Mapping[str, Any], spec: ModelSpec, device: torch.device
     """Slots from `gpu_experts`, else `gpu_gib`, else `fraction` (of all routed experts), first one set wins."""
     unknown = set(cfg) - {"gpu_experts", "fraction", "gpu_gib", "name"}
     if unknown:
-        raise ConfigError(f"budget has no setting(s) {', '.join(sorted(unknown))}; allowed: gpu_experts, fraction, gpu_gib")
+        raise ConfigError(
+            f"budget has no setting(s) {', '.join(sorted(unknown))}; allowed: gpu_experts, fraction, gpu_gib"
+        )
     given = [(k, cfg[k]) for k in ("gpu_experts", "gpu_gib", "fraction") if cfg.get(k) is not None]
     if not given:
         raise ConfigError("budget needs one of budget.gpu_experts, budget.gpu_gib or budget.fraction")

@@ -11,9 +11,9 @@ the same order, so the result does not depend on which experts were resident.
 from __future__ import annotations
 
 from collections import Counter
-from itertools import accumulate
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import torch
@@ -71,6 +71,9 @@ class OffloadExecutor:
         self.cache_policy = cache_policy
         self.balancer = balancer
         self.max_prefetch_per_layer = max_prefetch_per_layer
+        # A grouped GEMM pays ~1 us per group, empty or not, and a launch for each call: slots
+        # of one layer closer than this many empty slots share a call.
+        self.max_slot_gap = 8
         self.cpu_worker: Any = None  # seam for CPU expert computation (balancers that place experts on the CPU)
         # Layers whose experts are all resident skip the per-layer host sync when no policy needs
         # the routing before the layer's compute (policies declare `needs_routing_sync`).
@@ -185,7 +188,11 @@ class OffloadExecutor:
                 return self.run_layer(layer, hidden, top_k_index, top_k_weights)
             finally:
                 self.end_step()
-        if self.sync_free and self.cache.layer_count(layer) == self.spec.num_experts:
+        if (
+            self.sync_free
+            and self.cache.layer_count(layer) == self.spec.num_experts
+            and self.cache.layer_span(layer) <= 2 * self.spec.num_experts
+        ):
             return self._run_resident(layer, hidden, top_k_index, top_k_weights)
         info = self._step
         rec = self.recorder
@@ -219,22 +226,30 @@ class OffloadExecutor:
         return torch.promote_types(self.store.layout.tensors[0].dtype, routing.dtype)
 
     def _compute(self, layer: int, group: list[int], batch: _LayerBatch) -> None:
-        """One grouped expert computation for `group` (all resident), rows ordered by slot."""
+        """Grouped expert computation for `group` (all resident): one call per run of nearby slots."""
         slot_of = {e: self.cache.table[ExpertKey(layer, e)] for e in group}
-        counts = [0] * self.cache.capacity
-        rows: list[int] = []
-        row_slots: list[int] = []
-        for e in sorted(group, key=slot_of.__getitem__):
-            a, b = batch.offsets[e]
-            counts[slot_of[e]] = b - a
-            rows.extend(range(a, b))
-            row_slots.extend([slot_of[e]] * (b - a))
+        order = sorted(group, key=slot_of.__getitem__)
         dev = batch.hidden.device
-        idx = torch.tensor(rows, device=dev)
-        offs = torch.tensor(list(accumulate(counts)), dtype=torch.int32, device=dev)
-        slots_t = torch.tensor(row_slots, device=dev) if self.kernels[layer].has_bias else None
-        y = self.kernels[layer](batch.routed[idx], self.cache.pools, offs, slots_t, counts)
-        batch.rows[batch.perm[idx]] = y * batch.routed_w[idx].unsqueeze(-1)
+        kernel = self.kernels[layer]
+        for seg in slot_segments([slot_of[e] for e in order], self.max_slot_gap):
+            lo, hi = seg[0], seg[-1]
+            counts = [0] * (hi - lo + 1)
+            rows: list[int] = []
+            row_slots: list[int] = []
+            for e in order[: len(seg)]:
+                a, b = batch.offsets[e]
+                counts[slot_of[e] - lo] = b - a
+                rows.extend(range(a, b))
+                row_slots.extend([slot_of[e] - lo] * (b - a))
+            order = order[len(seg):]
+            # one host-to-device copy for all the index data of the segment
+            packed = torch.tensor([*rows, *accumulate(counts), *(row_slots if kernel.has_bias else ())], device=dev)
+            n = len(rows)
+            idx, offs = packed[:n], packed[n : n + len(counts)].to(torch.int32)
+            slots_t = packed[n + len(counts) :] if kernel.has_bias else None
+            pools = {name: pool[lo : hi + 1] for name, pool in self.cache.pools.items()}
+            y = kernel(batch.routed[idx], pools, offs, slots_t, counts)
+            batch.rows[batch.perm[idx]] = y * batch.routed_w[idx].unsqueeze(-1)
 
     def _run_gpu_experts(
         self, layer: int, experts: list[int], batch: _LayerBatch, requests: Sequence[PrefetchRequest]
@@ -322,16 +337,17 @@ class OffloadExecutor:
                 stream.wait_event(s.ready)
             rec.stall(wait_start, rec.mark())
         num_tokens, top_k = top_k_index.shape
+        lo, hi = slots[0].index, slots[-1].index
         flat = top_k_index.reshape(-1)
         _, perm = torch.sort(flat)  # transformers' order of the (token, k) pairs within each expert ...
-        sorted_slots, by_slot = torch.sort(self.cache.slot_map(layer)[flat[perm]], stable=True)
+        sorted_slots, by_slot = torch.sort(self.cache.slot_map(layer, base=lo)[flat[perm]], stable=True)
         perm = perm[by_slot]  # ... kept while the groups are laid out in slot order
-        capacity = self.cache.capacity
+        span = hi - lo + 1
         hist_in = sorted_slots.float() if hidden.device.type == "cpu" else sorted_slots.int()
-        per_slot = torch.histc(hist_in, bins=capacity, min=0, max=capacity - 1)
-        offs = torch.cumsum(per_slot, dim=0, dtype=torch.int32)
+        offs = torch.cumsum(torch.histc(hist_in, bins=span, min=0, max=span - 1), dim=0, dtype=torch.int32)
         kernel = self.kernels[layer]
-        y = kernel(hidden[perm // top_k], self.cache.pools, offs, sorted_slots if kernel.has_bias else None)
+        pools = {name: pool[lo : hi + 1] for name, pool in self.cache.pools.items()}
+        y = kernel(hidden[perm // top_k], pools, offs, sorted_slots if kernel.has_bias else None)
         rows = torch.empty(num_tokens * top_k, hidden.shape[-1], dtype=self._out_dtype(top_k_weights),
                            device=hidden.device)
         rows[perm] = y * top_k_weights.reshape(-1)[perm].unsqueeze(-1)
@@ -365,6 +381,17 @@ class OffloadExecutor:
             event = RoutingEvent(step, layer, phase, host.shape[0], tuple(experts), tuple(counts[e] for e in experts))
             self.prefetch.on_routing(event, self.view())
         self._deferred = []
+
+
+def slot_segments(slots: Sequence[int], max_gap: int) -> list[list[int]]:
+    """Split ascending slot indices into runs whose inner gaps are at most `max_gap` empty slots."""
+    out: list[list[int]] = []
+    for s in slots:
+        if out and s - out[-1][-1] - 1 <= max_gap:
+            out[-1].append(s)
+        else:
+            out.append([s])
+    return out
 
 
 class _LayerBatch:

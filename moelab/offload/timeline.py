@@ -9,7 +9,6 @@ host (gap: the per-layer sync that reads the router's choice, synchronous CPU co
 from __future__ import annotations
 
 import bisect
-
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,7 +120,7 @@ class Timeline:
 
     def step_summaries(self, run_end: float | None = None) -> list[dict[str, float]]:
         """Per step: copy, overlap, stall and compute time inside its window [start_i, start_{i+1})."""
-        copies = sorted(((c.start, c.end, c.cause) for c in self.copies))
+        copies = sorted((c.start, c.end, c.cause) for c in self.copies)
         holes = _Sorted(merge([*self.stalls, *self.gaps]))
         stalls = _Sorted(merge(self.stalls))
         gaps = _Sorted(merge(self.gaps))

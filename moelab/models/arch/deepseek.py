@@ -32,7 +32,7 @@ class DeepseekV2Adapter(_DeepseekAdapter):
     model_type = "deepseek_v2"
 
     def tiny_config(self, **overrides: Any) -> dict[str, Any]:
-        return self._tiny(topk_method="group_limited_greedy", **overrides)
+        return self._tiny(**{"topk_method": "group_limited_greedy", **overrides})
 
 
 @register("model", "deepseek_v3")
@@ -40,4 +40,4 @@ class DeepseekV3Adapter(_DeepseekAdapter):
     model_type = "deepseek_v3"
 
     def tiny_config(self, **overrides: Any) -> dict[str, Any]:
-        return self._tiny(norm_topk_prob=True, routed_scaling_factor=2.5, **overrides)
+        return self._tiny(**{"norm_topk_prob": True, "routed_scaling_factor": 2.5, **overrides})

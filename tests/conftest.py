@@ -1,0 +1,64 @@
+"""Shared helpers: tiny HF models of every supported family, and executors built around them."""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from moelab.core import registry  # noqa: E402
+from moelab.models.build import offload_hf_model  # noqa: E402
+from moelab.offload.executor import OffloadExecutor  # noqa: E402
+from moelab.offload.kernels import ExpertKernel  # noqa: E402
+
+ARCHS = registry.names("model")
+
+
+def tiny_hf_model(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A plain transformers model of `arch`, float32, with non-zero biases so they are exercised."""
+    adapter = registry.get("model", arch)()
+    cfg = AutoConfig.for_model(arch, **adapter.tiny_config(**overrides))
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval().requires_grad_(False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") and "norm" not in name:
+                p.normal_(0.0, 0.05)
+            if name.endswith("e_score_correction_bias"):
+                p.normal_(0.0, 0.05)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.normal_(0.0, 0.05)
+    return model
+
+
+def offloaded_copy(model: torch.nn.Module):
+    return offload_hf_model(copy.deepcopy(model), "cpu")
+
+
+def make_executor(om, capacity: int, prefetch: str = "none", cache: str = "lru", balancer: str = "gpu_only"):
+    return OffloadExecutor(
+        om.store, {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}, om.spec, capacity, om.device,
+        registry.build("prefetch", {"name": prefetch}), registry.build("cache", {"name": cache}),
+        registry.build("balancer", {"name": balancer}),
+    )
+
+
+def random_prompts(n: int, vocab: int, lengths=(9, 4, 13), seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, vocab, (lengths[i % len(lengths)],), generator=g).tolist() for i in range(n)]
+
+
+@pytest.fixture
+def tmp_results(tmp_path: Path) -> Path:
+    return tmp_path / "results"

@@ -1,0 +1,42 @@
+"""Components are found by name; unknown names and parameters fail with the allowed values listed."""
+
+import pytest
+
+from moelab.core import registry
+from moelab.core.errors import ConfigError, UnknownComponentError
+
+
+def test_every_kind_has_its_baseline():
+    assert "none" in registry.names("prefetch")
+    assert "lru" in registry.names("cache")
+    assert "gpu_only" in registry.names("balancer")
+    assert "autoregressive" in registry.names("decoding")
+    assert "builtin" in registry.names("workload")
+    assert "local" in registry.names("logger")
+    assert {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss", "phimoe"} <= set(
+        registry.names("model")
+    )
+
+
+def test_unknown_name_lists_registered_names():
+    with pytest.raises(UnknownComponentError) as e:
+        registry.build("cache", {"name": "lfu3"})
+    assert "'lfu3'" in str(e.value) and "lru" in str(e.value)
+
+
+def test_unknown_parameter_lists_accepted_ones():
+    with pytest.raises(ConfigError) as e:
+        registry.build("workload", {"name": "builtin", "max_new_tokenz": 3})
+    assert "max_new_tokenz" in str(e.value) and "max_new_tokens" in str(e.value)
+
+
+def test_every_component_has_a_yaml_file():
+    """Adding a component is one .py and one .yaml: both must exist for each registered name."""
+    from pathlib import Path
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    groups = {"prefetch": "prefetch", "cache": "cache", "balancer": "balancer", "decoding": "decoding",
+              "workload": "workload", "logger": "logger"}
+    for kind, group in groups.items():
+        for name in registry.names(kind):
+            assert (conf / group / f"{name}.yaml").exists(), f"conf/{group}/{name}.yaml missing"
