@@ -5,9 +5,9 @@
 
 Sections (each prints rows as it goes; the full table is printed last and written to --out):
   exactness  greedy tokens and logits of the offloaded model vs the plain HF model, same device/dtype,
-             at 25% budget (sync path) and full budget (sync-free path), for several architectures
-  overhead   TPOT of the plain HF model (all experts on the device) vs moelab at full budget,
-             with and without the sync-free path for resident layers; same prompts, one process
+             at 25% and full budget, for several architectures
+  overhead   TPOT of the plain HF model (all experts on the device) vs moelab at full budget, same
+             prompts, alternating rounds in one process
   offload    Mixtral-8x7B / Qwen3-30B-A3B / OLMoE shapes with random weights at 25% and 50% budgets,
              on-demand + LRU through the real runner: TPOT, hit rate, H2D GB/s, stall share, overlap
 """
@@ -40,13 +40,11 @@ from moelab.workloads.builtin import PROMPTS  # noqa: E402
 DEC = AutoregressiveDecoding()
 
 
-def executor_for(om, capacity: int, sync_free: bool = True) -> OffloadExecutor:
-    ex = OffloadExecutor(
+def executor_for(om, capacity: int) -> OffloadExecutor:
+    return OffloadExecutor(
         om.store, {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}, om.spec, capacity, om.device,
         registry.get("prefetch", "none")(), registry.get("cache", "lru")(), registry.get("balancer", "gpu_only")(),
     )
-    ex.sync_free = ex.sync_free and sync_free
-    return ex
 
 
 def batches(tok, n_prompts: int) -> list[list[list[int]]]:
@@ -145,8 +143,7 @@ def section_overhead(device, dtype, quick: bool, rounds: int = 3) -> list[dict]:
     timed(plain, bs[:1], 4)  # warm-up
     ref_tokens, ref_logits, _, _ = timed(plain, bs, new)
     om = offload_hf_model(copy.deepcopy(model), device)  # same weights, experts in the pinned store
-    variants = {"moelab full budget (sync-free resident path)": executor_for(om, om.spec.total_experts, True),
-                "moelab full budget (per-layer sync path)": executor_for(om, om.spec.total_experts, False)}
+    variants = {"moelab full budget": executor_for(om, om.spec.total_experts)}
     for ex in variants.values():
         with om.using(ex):
             DEC.generate(om, bs, 2)  # every expert resident before timing

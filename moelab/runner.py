@@ -203,7 +203,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             timeline = executor.finish()
             steps = step_table(gen, timeline)
             metrics = run_metrics(gen, steps, timeline, executor.counters, executor.transfers.count,
-                                  executor.capacity, om.spec.expert_bytes)
+                                  executor.capacity, om.spec.expert_bytes, row.get("ref_tpot_median_ms"))
             executor.reset()
             ppl = perplexity(om, ppl_ids) if ppl_ids else NAN
         row.update(metrics)

@@ -56,7 +56,7 @@ def test_sweep_records_a_failing_run_and_goes_on(tmp_path):
     p = run_cli(tmp_path, "budget.gpu_experts=1,16", multirun=True)
     assert p.returncode == 0, p.stderr
     df = runs(tmp_path).sort_values("cfg.budget.gpu_experts")
-    assert df.status.tolist() == ["failed", "ok"]
+    assert df.status.tolist() == ["failed", "ok"], df.error.tolist()
     assert "top_k" in df.error.iloc[0]
 
 

@@ -70,22 +70,11 @@ def token_agreement(outputs: Sequence[Sequence[int]], reference: Sequence[Sequen
     return _div(same, total)
 
 
-def floor_ms(
-    counters: ExecutorCounters,
-    capacity: int,
-    expert_bytes: int,
-    decode_steps: set[int],
-    h2d_bytes_per_ms: float,
-    compute_ms: float,
-) -> tuple[float, float]:
-    """(Belady bytes over decode steps, floor ms for them): max(bytes / measured bandwidth, compute)."""
+def belady_bytes(counters: ExecutorCounters, capacity: int, expert_bytes: int, steps: set[int]) -> float:
+    """Bytes Belady-optimal replacement must copy during `steps` for the run's routing at `capacity` slots."""
     accesses = [(step, ExpertKey(layer, e)) for step, layer, experts in counters.routing for e in experts]
     misses = belady_misses(accesses, capacity)
-    nbytes = sum(misses[s] for s in decode_steps) * expert_bytes
-    transfer_ms = nbytes / h2d_bytes_per_ms if h2d_bytes_per_ms and not math.isnan(h2d_bytes_per_ms) else NAN
-    if nbytes == 0:
-        transfer_ms = 0.0
-    return float(nbytes), max(transfer_ms, compute_ms) if not math.isnan(transfer_ms) else NAN
+    return float(sum(misses[s] for s in steps) * expert_bytes)
 
 
 def run_metrics(
@@ -96,7 +85,11 @@ def run_metrics(
     transfer_counts: dict[str, int],
     capacity: int,
     expert_bytes: int,
+    compute_floor_ms_per_token: float | None = None,
 ) -> dict[str, float]:
+    """The run's row of metrics. `compute_floor_ms_per_token` is the un-offloaded model's TPOT when it
+    was measured: the speed no offloading policy can beat. The transfer floor is the Belady-optimal
+    bytes for this routing and budget over the H2D bandwidth measured in the same run."""
     decode = steps[steps.phase != "prefill"]
     prefill = steps[steps.phase == "prefill"]
     per_token = np.asarray(gen.decode_ms_per_token(), dtype=float)
@@ -108,12 +101,12 @@ def run_metrics(
     all_ms = sum(c.end - c.start for c in all_copies)
     bw = _div(sum(c.nbytes for c in all_copies), all_ms)  # bytes per ms over every copy of the run
     col = lambda df, name: float(df[name].sum()) if name in df and len(df) else 0.0  # noqa: E731
-    belady_bytes, floor_total = floor_ms(
-        counters, capacity, expert_bytes, set(decode.step), bw, col(decode, "compute_ms")
-    )
-    decode_tokens = committed
+    optimal_bytes = belady_bytes(counters, capacity, expert_bytes, set(decode.step))
     tpot = float(per_token.mean()) if per_token.size else NAN
-    floor_per_token = _div(floor_total, decode_tokens)
+    transfer_floor = 0.0 if optimal_bytes == 0 else _div(_div(optimal_bytes, bw), committed)
+    if compute_floor_ms_per_token is None:  # no un-offloaded run: the compute stream's busy time
+        compute_floor_ms_per_token = _div(col(decode, "compute_ms"), committed)
+    floor_per_token = max(transfer_floor, compute_floor_ms_per_token)
     prefetched = transfer_counts.get("prefetch", 0)
     return {
         "ttft_ms": float(np.mean(gen.ttft_ms())) if gen.ttft_ms() else NAN,
@@ -137,7 +130,9 @@ def run_metrics(
         "compute_ms": col(decode, "compute_ms"),
         "h2d_gbps_demand": _div(sum(c.nbytes for c in demand), demand_ms) / 1e6,
         "h2d_gbps": bw / 1e6 if not math.isnan(bw) else NAN,
-        "belady_bytes": belady_bytes,
+        "belady_bytes": optimal_bytes,
+        "transfer_floor_ms_per_token": transfer_floor,
+        "compute_floor_ms_per_token": compute_floor_ms_per_token,
         "floor_ms_per_token": floor_per_token,
         "efficiency": _div(floor_per_token, tpot),
         "evictions": float(counters.evictions),

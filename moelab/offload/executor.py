@@ -75,11 +75,6 @@ class OffloadExecutor:
         # of one layer closer than this many empty slots share a call.
         self.max_slot_gap = 8
         self.cpu_worker: Any = None  # seam for CPU expert computation (balancers that place experts on the CPU)
-        # Layers whose experts are all resident skip the per-layer host sync when no policy needs
-        # the routing before the layer's compute (policies declare `needs_routing_sync`).
-        self.sync_free = not (
-            getattr(prefetch, "needs_routing_sync", True) or getattr(balancer, "needs_routing_sync", True)
-        )
         self.recorder = TimelineRecorder(self.clock, self._compute_stream())
         self.transfers = TransferEngine(store, self.cache, self.recorder, device)
         self.reset()
@@ -100,7 +95,6 @@ class OffloadExecutor:
         self.counters = ExecutorCounters()
         self._step: StepInfo | None = None
         self._step_no = -1
-        self._deferred: list[tuple[int, str, int, torch.Tensor, Any]] = []
 
     @property
     def capacity(self) -> int:
@@ -119,7 +113,6 @@ class OffloadExecutor:
         """Close the step: let the prefetcher plan for the next one, mark the end of compute."""
         info = self._step
         assert info is not None, "end_step without begin_step"
-        self._flush_deferred()
         self._prefetch(self.prefetch.on_step_end(info.step, self.view()), pinned=set())
         self.recorder.step(info.step, info.phase, info.start, self.recorder.mark())
         self._step = None
@@ -188,12 +181,6 @@ class OffloadExecutor:
                 return self.run_layer(layer, hidden, top_k_index, top_k_weights)
             finally:
                 self.end_step()
-        if (
-            self.sync_free
-            and self.cache.layer_count(layer) == self.spec.num_experts
-            and self.cache.layer_span(layer) <= 2 * self.spec.num_experts
-        ):
-            return self._run_resident(layer, hidden, top_k_index, top_k_weights)
         info = self._step
         rec = self.recorder
         before_sync = rec.mark()
@@ -319,68 +306,6 @@ class OffloadExecutor:
         last = rec.mark() if stream is not None else None
         for s in slots:
             s.last_use = last
-
-    # ------------------------------------------------------------------ fully resident layers
-    def _run_resident(
-        self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
-    ) -> torch.Tensor:
-        """Every expert of the layer holds a slot: no host sync, routing read back after the step."""
-        info = self._step
-        assert info is not None
-        rec = self.recorder
-        stream = self._compute_stream()
-        slots = self.cache.layer_slots(layer)
-        pending = [s for s in slots if s.ready is not None and not self.clock.done(s.ready)]
-        if pending:
-            wait_start = rec.mark()
-            for s in pending:
-                stream.wait_event(s.ready)
-            rec.stall(wait_start, rec.mark())
-        num_tokens, top_k = top_k_index.shape
-        lo, hi = slots[0].index, slots[-1].index
-        flat = top_k_index.reshape(-1)
-        _, perm = torch.sort(flat)  # transformers' order of the (token, k) pairs within each expert ...
-        sorted_slots, by_slot = torch.sort(self.cache.slot_map(layer, base=lo)[flat[perm]], stable=True)
-        perm = perm[by_slot]  # ... kept while the groups are laid out in slot order
-        span = hi - lo + 1
-        hist_in = sorted_slots.float() if hidden.device.type == "cpu" else sorted_slots.int()
-        offs = torch.cumsum(torch.histc(hist_in, bins=span, min=0, max=span - 1), dim=0, dtype=torch.int32)
-        kernel = self.kernels[layer]
-        pools = {name: pool[lo : hi + 1] for name, pool in self.cache.pools.items()}
-        y = kernel(hidden[perm // top_k], pools, offs, sorted_slots if kernel.has_bias else None)
-        rows = torch.empty(num_tokens * top_k, hidden.shape[-1], dtype=self._out_dtype(top_k_weights),
-                           device=hidden.device)
-        rows[perm] = y * top_k_weights.reshape(-1)[perm].unsqueeze(-1)
-        last = rec.mark() if stream is not None else None
-        for s in slots:
-            s.last_use = last
-        if stream is not None:
-            host = torch.empty(top_k_index.shape, dtype=top_k_index.dtype, pin_memory=True)
-            host.copy_(top_k_index, non_blocking=True)
-            done = rec.mark()
-        else:
-            host, done = top_k_index.clone(), None
-        self._deferred.append((info.step, info.phase, layer, host, done))
-        return rows.view(num_tokens, top_k, -1).sum(dim=1).to(hidden.dtype)
-
-    def _flush_deferred(self) -> None:
-        """Account for routing read back asynchronously by `_run_resident` (all uses were hits)."""
-        for step, phase, layer, host, done in self._deferred:
-            if done is not None:
-                done.synchronize()
-            counts = Counter(host.reshape(-1).tolist())
-            experts = sorted(counts)
-            self.counters.routing.append((step, layer, tuple(experts)))
-            for e in experts:
-                slot = self.cache.lookup(ExpertKey(layer, e))
-                first_prefetched = slot.prefetched and not slot.used
-                self.recorder.use(step, slot.key, "resident", first_prefetched, None, None)
-                slot.used = True
-                self.counters.prefetched_used += first_prefetched
-                self.cache_policy.on_access(slot.key)
-            event = RoutingEvent(step, layer, phase, host.shape[0], tuple(experts), tuple(counts[e] for e in experts))
-            self.prefetch.on_routing(event, self.view())
-        self._deferred = []
 
 
 def slot_segments(slots: Sequence[int], max_gap: int) -> list[list[int]]:

@@ -10,11 +10,6 @@ from moelab.core.types import CacheView, ExpertKey, ModelSpec, Placement, Prefet
 class PrefetchPolicy:
     """Sees every routing decision and asks for experts ahead of need."""
 
-    # True if `on_routing` must run before the layer computes (e.g. to prefetch the next layer).
-    # False lets the executor skip the per-layer host sync when a layer is fully resident and
-    # replay routing events at the end of the step.
-    needs_routing_sync: bool = True
-
     def reset(self, spec: ModelSpec) -> None:
         """Forget all history; called before each run (and between runs that share a model)."""
         self.spec = spec
@@ -51,8 +46,6 @@ class CachePolicy:
 
 class Balancer:
     """Decides, per needed expert, whether it runs on the GPU (cached or fetched) or on the CPU."""
-
-    needs_routing_sync: bool = True  # False: never places a resident expert on the CPU
 
     def reset(self, spec: ModelSpec) -> None:
         self.spec = spec

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ def _gib(v: Any) -> str:
 
 
 def print_summary(row: Mapping[str, Any], console: Console | None = None) -> None:
-    console = console or Console(stderr=False)
+    console = console or Console(width=None if sys.stdout.isatty() else 110)
     title = (
         f"{row.get('model')} [{row.get('architecture')}] on {row.get('device_name')} | "
         f"policy={row.get('policy')} prefetch={row.get('prefetch')} cache={row.get('cache')} "

@@ -11,7 +11,6 @@ from moelab.policies.base import Balancer
 
 @register("balancer", "gpu_only")
 class GpuOnlyBalancer(Balancer):
-    needs_routing_sync = False
     def assign(
         self, layer: int, experts: Sequence[int], counts: Sequence[int], cache: CacheView
     ) -> dict[int, Placement]:

@@ -7,5 +7,3 @@ from moelab.policies.base import PrefetchPolicy
 @register("prefetch", "none")
 class NoPrefetch(PrefetchPolicy):
     """Never asks for anything ahead of need."""
-
-    needs_routing_sync = False
