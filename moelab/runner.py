@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,9 +31,10 @@ from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available
 from moelab.offload.executor import OffloadExecutor
 from moelab.offload.kernels import ExpertKernel
 from moelab.results.row import base_row, device_name
+from moelab.routing.trace import TracingBackend
 
 NAN = float("nan")
-COMPONENT_KINDS = ("prefetch", "cache", "balancer", "decoding", "workload", "logger")
+COMPONENT_KINDS = ("prefetch", "cache", "balancer", "decoding", "workload", "logger", "routing")
 
 
 @dataclass
@@ -43,6 +45,7 @@ class Components:
     decoding: Any
     workload: Any
     logger: Any
+    routing: Any
 
 
 def build_components(cfg: Mapping[str, Any]) -> Components:
@@ -176,16 +179,26 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         om = MODELS.get(c["model"], device, plan)
         row.update(model_row(om))
         executor = make_executor(om, budget, comps)
-        batches = wl.batches(om.tokenizer.encode)
-        ppl_ids = om.tokenizer.encode(wl.reference_text)[: wl.ppl_tokens] if wl.reference_text else []
+        routing = comps.routing
+        if routing.replays:
+            if c.get("record_trace"):
+                raise ConfigError("record_trace=true records a model's own routing; it cannot be combined with "
+                                  "routing=replay")
+            batches, new_tokens = routing.workload(int(om.config.vocab_size))
+            ppl_ids: list[int] = []  # the reference text's routing is not in the trace
+            row.update(replay_trace=str(routing.path), prompts=sum(len(b) for b in batches), new_tokens=new_tokens,
+                       batch=len(batches[0]))
+        else:
+            batches, new_tokens = wl.batches(om.tokenizer.encode), wl.max_new_tokens
+            ppl_ids = om.tokenizer.encode(wl.reference_text)[: wl.ppl_tokens] if wl.reference_text else []
 
         want_ref = str(c.get("reference", "auto")).lower()
         ref_tokens, ppl_ref = None, NAN
         if want_ref in ("true", "auto") and (want_ref == "true" or _reference_fits(om)):
             if _reference_fits(om):
                 om.reference.materialize()
-            with om.using(om.reference):
-                ref_gen = dec.generate(om, batches, wl.max_new_tokens)
+            with om.using(routing.wrap(om.reference, om)):
+                ref_gen = dec.generate(om, batches, new_tokens)
                 ppl_ref = perplexity(om, ppl_ids) if ppl_ids else NAN
             ref_tokens = ref_gen.new_tokens
             per_token = ref_gen.decode_ms_per_token()
@@ -193,18 +206,25 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                 row["ref_tpot_median_ms"] = float(np.median(per_token))
             om.reference.release()
 
-        with om.using(executor):
-            dec.generate(om, batches[:1], min(2, wl.max_new_tokens))  # warm-up, then forget it
-            executor.reset()
-            total = sum(len(b) for b in batches) * wl.max_new_tokens
+        with om.using(routing.wrap(executor, om)):
+            dec.generate(om, batches[:1], min(2, new_tokens))  # warm-up, then forget it
+        executor.reset()
+        backend = routing.wrap(executor, om)
+        tracer = TracingBackend(backend, om) if c.get("record_trace") else None
+        with om.using(tracer or backend):
+            total = sum(len(b) for b in batches) * new_tokens
             with tqdm(total=total, desc=f"run {row['run_id']}", unit="tok", disable=not c.get("progress", True),
                       leave=False) as bar:
-                gen = dec.generate(om, batches, wl.max_new_tokens, on_tokens=bar.update)
-            timeline = executor.finish()
-            steps = step_table(gen, timeline)
-            metrics = run_metrics(gen, steps, timeline, executor.counters, executor.transfers.count,
-                                  executor.capacity, om.spec.expert_bytes, row.get("ref_tpot_median_ms"))
-            executor.reset()
+                gen = dec.generate(om, batches, new_tokens, on_tokens=bar.update)
+        if tracer is not None:
+            tracer.close()
+            row["trace_path"] = str(save_trace(tracer, gen, om, batches, new_tokens, c, experiment, row["run_id"]))
+        timeline = executor.finish()
+        steps = step_table(gen, timeline)
+        metrics = run_metrics(gen, steps, timeline, executor.counters, executor.transfers.count,
+                              executor.capacity, om.spec.expert_bytes, row.get("ref_tpot_median_ms"))
+        executor.reset()
+        with om.using(executor):
             ppl = perplexity(om, ppl_ids) if ppl_ids else NAN
         row.update(metrics)
         row.update(
@@ -223,6 +243,17 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         row["wall_s"] = time.time() - t_start
         _record(row, steps, logger, c)
     return row
+
+
+def save_trace(tracer: TracingBackend, gen: Any, om: OffloadedModel, batches: list, new_tokens: int,
+               c: Mapping[str, Any], experiment: str, rid: str) -> Path:
+    step_batch = {s.step: s.batch for s in gen.steps}
+    tracer.rows["batch"] = [step_batch.get(s, 0) for s in tracer.rows["step"]]
+    header = {"model": om.name, "architecture": om.config.model_type, "num_layers": int(om.config.num_hidden_layers),
+              "moe_layers": list(om.spec.moe_layers), "num_experts": om.spec.num_experts, "top_k": om.spec.top_k,
+              "prompts": [p for b in batches for p in b], "batch_size": len(batches[0]),
+              "max_new_tokens": new_tokens, "run_id": rid}
+    return tracer.save(Path(str(c.get("results_dir", "results"))) / experiment / rid / "trace.parquet", header)
 
 
 def _record(row: dict[str, Any], steps: Any, logger: Any, c: Mapping[str, Any]) -> None:

@@ -60,6 +60,19 @@ def test_sweep_records_a_failing_run_and_goes_on(tmp_path):
     assert "top_k" in df.error.iloc[0]
 
 
+def test_record_a_trace_then_replay_it_into_a_bigger_model(tmp_path):
+    p = run_cli(tmp_path, "record_trace=true", "experiment_name=rec")
+    assert p.returncode == 0, p.stderr
+    rec = runs(tmp_path, "rec").iloc[0]
+    assert rec.trace_path.endswith("trace.parquet")
+    p = run_cli(tmp_path, "routing=replay", f"routing.trace={rec.trace_path}", "experiment_name=rep",
+                "model.config.num_local_experts=64", "model.config.num_hidden_layers=6")
+    assert p.returncode == 0, p.stderr
+    rep = runs(tmp_path, "rep").iloc[0]
+    assert rep.status == "ok" and rep.experts == 64 and rep.layers == 6 and rep.token_agreement == 1.0
+    assert rep.replay_trace == rec.trace_path and rep.prompts == 2 and rep.new_tokens == 3
+
+
 def _bad_checkpoint(tmp_path: Path, kind: str) -> Path:
     d = tmp_path / f"ckpt_{kind}"
     if kind == "dense":
@@ -90,6 +103,7 @@ BAD = {
     "negative_tokens": (["workload.max_new_tokens=-4"], ["max_new_tokens", "-4"]),
     "bad_dtype": (["model.dtype=float8"], ["'float8'", "bfloat16"]),
     "bad_device": (["device=tpu"], ["'tpu'", "cpu"]),
+    "missing_trace": (["routing=replay", "routing.trace=/no/trace.parquet"], ["/no/trace.parquet", "record_trace"]),
 }
 
 

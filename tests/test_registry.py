@@ -36,7 +36,7 @@ def test_every_component_has_a_yaml_file():
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     groups = {"prefetch": "prefetch", "cache": "cache", "balancer": "balancer", "decoding": "decoding",
-              "workload": "workload", "logger": "logger"}
+              "workload": "workload", "logger": "logger", "routing": "routing"}
     for kind, group in groups.items():
         for name in registry.names(kind):
             assert (conf / group / f"{name}.yaml").exists(), f"conf/{group}/{name}.yaml missing"

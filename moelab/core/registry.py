@@ -22,6 +22,7 @@ KIND_PACKAGES: dict[str, str] = {
     "model": "moelab.models.arch",
     "workload": "moelab.workloads",
     "logger": "moelab.loggers",
+    "routing": "moelab.routing",
 }
 
 _registry: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_PACKAGES}

@@ -61,6 +61,8 @@ class MoeAdapter:
         experts = getattr(mlp, "experts", None)
         if experts is None:
             return None
+        if getattr(experts, "offloaded", False):  # already swapped for moelab's stand-in
+            return mlp
         down = getattr(experts, "down_proj", None)
         if not isinstance(down, (torch.Tensor, nn.Parameter)) or down.dim() != 3:
             return None

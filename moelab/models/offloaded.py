@@ -34,6 +34,8 @@ class ExpertsBackend(Protocol):
 class OffloadedExperts(nn.Module):
     """Stands where the HF experts module was; holds no weights."""
 
+    offloaded = True
+
     def __init__(self, layer: int, num_experts: int, owner: OffloadedModel):
         super().__init__()
         self.layer = layer

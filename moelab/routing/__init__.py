@@ -1,0 +1,1 @@
+"""Where a run's routing comes from: the model's own routers (`native`) or a recorded trace (`replay`)."""

@@ -1,0 +1,135 @@
+"""Replay a recorded trace's routing into another model (e.g. a full-size random-weight Mixtral), so that
+transfers have real sizes while routing has a trained model's locality.
+
+Mapping (documented choices):
+- layers: the i-th of the model's MoE layers takes the routing of source MoE layer floor(i * L_src / L).
+- experts, by the source's ranking r1, r2, ... of each token (all experts by router logit):
+  * same number of experts: the source's own choice (its first k of `topk`, then of `ranking`);
+  * fewer experts (E < E_src): r -> r mod E, skipping repeats, until k distinct;
+  * more experts (E = m * E_src or more): the j-th choice is r_j * m + (r_{j+1} mod m): each destination
+    expert stands for an ordered pair of source experts, so all E are reachable and a token that
+    repeats its source ranking repeats its destination experts (locality is kept).
+- weights: the source's if k is the same, else uniform 1/k (weights scale outputs, not transfers).
+- workload: the trace's prompts (token ids modulo the vocabulary), batch size and new tokens, so the
+  steps line up one to one with the recording.
+
+Valid under replay: every policy that decides from routing events (none, ar_binary, lru, lfu, spac
+frequency maps, oracle/belady from the replayed trace). Predictors that read hidden states (qhs, mlp)
+must use the trace's recorded predictions (`pred_d1`, `pred_d2`, via `prediction()`): the random model's
+own hidden states say nothing about the replayed routing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from moelab.core.errors import ConfigError
+from moelab.core.registry import register
+from moelab.routing.trace import read_trace
+
+
+def map_experts(ranking: list[int], topk: list[int], e_src: int, e_dst: int, k: int) -> list[int]:
+    """k distinct destination experts for one token (see the module docstring)."""
+    if e_dst == e_src:
+        order = list(topk) + [e for e in ranking if e not in topk]
+        return order[:k]
+    if e_dst < e_src:
+        out: list[int] = []
+        for e in list(topk) + list(ranking):
+            d = e % e_dst
+            if d not in out:
+                out.append(d)
+            if len(out) == k:
+                return out
+        raise ConfigError(f"cannot map {e_src} source experts to {k} distinct of {e_dst}")
+    m = e_dst // e_src
+    order = list(topk) + [e for e in ranking if e not in topk]
+    if k > len(order):
+        raise ConfigError(f"replay needs top_k <= the trace's {len(order)} experts, got top_k={k}")
+    return [order[j] * m + (order[(j + 1) % len(order)] % m) for j in range(k)]
+
+
+@register("routing", "replay")
+class ReplayRouting:
+    replays = True
+
+    def __init__(self, trace: str | None = None):
+        if not trace:
+            raise ConfigError("routing=replay needs routing.trace=PATH (a trace recorded with record_trace=true)")
+        self.header, df = read_trace(trace)
+        self.path = trace
+        self._by_step: dict[int, dict[int, Any]] = {}
+        for (step, layer), g in df.groupby(["step", "layer"], sort=True):
+            self._by_step.setdefault(int(step), {})[int(layer)] = g.sort_values("pos")
+        self.steps = sorted(self._by_step)
+
+    def workload(self, vocab_size: int) -> tuple[list[list[list[int]]], int]:
+        """Batches and new tokens that reproduce the recording's steps."""
+        prompts = [[t % vocab_size for t in p] for p in self.header["prompts"]]
+        bs = int(self.header["batch_size"])
+        return [prompts[i : i + bs] for i in range(0, len(prompts), bs)], int(self.header["max_new_tokens"])
+
+    def wrap(self, backend: Any, om: Any) -> Any:
+        return ReplayBackend(backend, self, om.spec)
+
+
+class ReplayBackend:
+    """Substitutes each layer call's routing with the trace's, then hands it to the wrapped backend."""
+
+    def __init__(self, inner: Any, replay: ReplayRouting, spec: Any):
+        self.inner = inner
+        self.replay = replay
+        self.spec = spec
+        h = replay.header
+        src_layers = list(h["moe_layers"])
+        self.layer_map = {
+            layer: src_layers[(i * len(src_layers)) // len(spec.moe_layers)] for i, layer in enumerate(spec.moe_layers)
+        }
+        self.e_src = int(h["num_experts"])
+        self.k_src = int(h["top_k"])
+        self.cursor = -1
+        self._cache: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def reset(self) -> None:
+        self.cursor = -1
+
+    def begin_step(self, phase: str, num_tokens: int) -> int:
+        self.cursor += 1
+        if self.cursor >= len(self.replay.steps):
+            raise ConfigError(f"the trace {self.replay.path} has {len(self.replay.steps)} steps; this run needs more")
+        return self.inner.begin_step(phase, num_tokens)
+
+    def end_step(self) -> None:
+        self.inner.end_step()
+
+    def routing(self, layer: int, num_tokens: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (self.cursor, layer)
+        if key not in self._cache:
+            rows = self.replay._by_step[self.replay.steps[self.cursor]].get(self.layer_map[layer])
+            if rows is None or len(rows) != num_tokens:
+                raise ConfigError(
+                    f"trace step {self.cursor} has {0 if rows is None else len(rows)} tokens at layer "
+                    f"{self.layer_map[layer]}, the run has {num_tokens}: replay the trace's own workload"
+                )
+            k = self.spec.top_k
+            idx = [map_experts(list(r), list(t), self.e_src, self.spec.num_experts, k)
+                   for r, t in zip(rows.ranking, rows.topk)]
+            if k == self.k_src and self.e_src == self.spec.num_experts:
+                w = [list(x)[:k] for x in rows.weights]
+            else:
+                w = [[1.0 / k] * k for _ in idx]
+            self._cache = {key: (torch.tensor(idx, dtype=torch.long), torch.tensor(w, dtype=torch.float32))}
+        idx, w = self._cache[key]
+        return idx.to(device), w.to(device=device, dtype=dtype)
+
+    def prediction(self, layer: int, distance: int) -> list[list[int]] | None:
+        """The trace's quasi-hidden-state ranking for the layer `distance` MoE layers after `layer`."""
+        rows = self.replay._by_step[self.replay.steps[self.cursor]].get(self.layer_map[layer])
+        col = f"pred_d{distance}"
+        return None if rows is None or col not in rows else [list(p) for p in rows[col]]
+
+    def run_layer(self, layer, hidden, top_k_index, top_k_weights):
+        idx, w = self.routing(layer, top_k_index.shape[0], hidden.device, top_k_weights.dtype)
+        return self.inner.run_layer(layer, hidden, idx, w)

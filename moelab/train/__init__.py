@@ -1,0 +1,1 @@
+"""Train moelab's own small MoE LM and its dense draft offline, on the Python source installed locally."""
