@@ -11,7 +11,8 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,9 @@ from tqdm.auto import tqdm
 from moelab.core import registry
 from moelab.core.errors import ConfigError, MoelabError
 from moelab.metrics.perplexity import perplexity
-from moelab.metrics.summary import run_metrics, step_table, token_agreement
+from moelab.metrics.summary import prediction_metrics, run_metrics, step_table, token_agreement
 from moelab.models.build import ModelPlan, materialize, plan_model
+from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
 from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available_bytes, resolve_budget
 from moelab.offload.executor import OffloadExecutor
@@ -145,6 +147,39 @@ def make_executor(om: OffloadedModel, budget: Budget, comps: Components) -> Offl
                            comps.balancer)
 
 
+def make_lookahead(om: OffloadedModel, executor: OffloadExecutor, prefetch: Any, replay: Any) -> Lookahead | None:
+    """The hooks a predicting policy needs (or speculative execution's router logits), else None."""
+    spec = prefetch.lookahead
+    if spec is None and not prefetch.speculative_execution:
+        return None
+    scorer = None
+    if spec is not None and spec.scorer == "mlp":
+        if replay is not None:
+            raise ConfigError("prefetch=mlp reads the model's hidden states, which say nothing under routing=replay; "
+                              "use prefetch=qhs (it replays the trace's recorded predictions)")
+        from moelab.predictors.mlp import mlp_scorer
+
+        scorer = mlp_scorer(om, spec.mlp_path, spec.mlp_layers, RouterScorer(om))
+    if replay is not None and spec is not None and spec.state != "post_attn":
+        raise ConfigError(f"under routing=replay qhs replays the trace's predictions, recorded with state=post_attn; "
+                          f"got prefetch.state={spec.state}")
+    # under replay the model's own routers did not choose: speculative execution ranks candidates by order
+    return Lookahead(om, spec, executor, scorer=scorer, replay=replay,
+                     keep_router_logits=prefetch.speculative_execution and replay is None)
+
+
+@contextmanager
+def through_executor(om: OffloadedModel, executor: OffloadExecutor, comps: Components,
+                     tracer: Any = None) -> Iterator[Any]:
+    """One pass of the model through the executor: routing (native or replayed), the policy's lookahead
+    hooks, and optionally a trace recorder around the backend."""
+    backend = comps.routing.wrap(executor, om)
+    lookahead = make_lookahead(om, executor, comps.prefetch, backend if comps.routing.replays else None)
+    outer = tracer(backend) if tracer is not None else backend
+    with om.using(outer), (lookahead or nullcontext()):
+        yield outer
+
+
 def _reference_fits(om: OffloadedModel) -> bool:
     if om.device.type == "cpu":
         return True
@@ -172,6 +207,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         row.update(
             policy=c.get("policy", ""), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
             balancer=c["balancer"]["name"], decoding=c["decoding"]["name"], gamma=getattr(dec, "gamma", None),
+            speculative_execution=bool(comps.prefetch.speculative_execution),
             workload=c["workload"]["name"], prompts=len(wl.prompts), new_tokens=wl.max_new_tokens,
             batch=wl.batch_size, seed=int(c.get("seed", 0)), **budget.row(plan.spec),
         )
@@ -206,16 +242,29 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                 row["ref_tpot_median_ms"] = float(np.median(per_token))
             om.reference.release()
 
-        with om.using(routing.wrap(executor, om)):
+        with through_executor(om, executor, comps):
             dec.generate(om, batches[:1], min(2, new_tokens))  # warm-up, then forget it
         executor.reset()
-        backend = routing.wrap(executor, om)
-        tracer = TracingBackend(backend, om) if c.get("record_trace") else None
-        with om.using(tracer or backend):
+        if comps.prefetch.needs_future:  # the oracle: a first pass records the routing the timed pass will have
+            if getattr(comps.prefetch, "speculative_execution", False):
+                raise ConfigError("the oracle knows the router's true choice; speculative execution does not apply")
+            with through_executor(om, executor, comps):
+                dec.generate(om, batches, new_tokens)
+            future = list(executor.counters.routing)
+            executor.reset()
+            comps.prefetch.set_future(future)
+        tracers: list[TracingBackend] = []
+
+        def make_tracer(backend: Any) -> TracingBackend:
+            tracers.append(TracingBackend(backend, om, states=bool(c.get("record_states"))))
+            return tracers[-1]
+
+        with through_executor(om, executor, comps, make_tracer if c.get("record_trace") else None):
             total = sum(len(b) for b in batches) * new_tokens
             with tqdm(total=total, desc=f"run {row['run_id']}", unit="tok", disable=not c.get("progress", True),
                       leave=False) as bar:
                 gen = dec.generate(om, batches, new_tokens, on_tokens=bar.update)
+        tracer = tracers[0] if tracers else None
         if tracer is not None:
             tracer.close()
             row["trace_path"] = str(save_trace(tracer, gen, om, batches, new_tokens, c, experiment, row["run_id"]))
@@ -223,8 +272,9 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         steps = step_table(gen, timeline)
         metrics = run_metrics(gen, steps, timeline, executor.counters, executor.transfers.count,
                               executor.capacity, om.spec.expert_bytes, row.get("ref_tpot_median_ms"))
+        metrics.update(prediction_metrics(executor.counters))
         executor.reset()
-        with om.using(executor):
+        with through_executor(om, executor, comps):
             ppl = perplexity(om, ppl_ids) if ppl_ids else NAN
         row.update(metrics)
         row.update(

@@ -1,5 +1,5 @@
 """Routing traces record what the executor ran (and the next layers' routers applied to each layer's
-output); replay maps a trace onto models of other sizes and drives the executor with it."""
+post-attention state); replay maps a trace onto models of other sizes and drives the executor with it."""
 
 from __future__ import annotations
 
@@ -42,25 +42,30 @@ def test_trace_holds_the_executed_routing(tmp_path):
     assert all(list(r[:2]) == sorted(t, key=list(r).index) for r, t in zip(df.ranking, df.topk))
 
 
-def test_recorded_prediction_is_the_next_router_on_this_layers_output(tmp_path):
-    """pred_d1 of layer l = ranking of router_{l+1}(norm_{l+1}(output of decoder layer l)), by hand."""
+def test_recorded_prediction_is_the_next_router_on_this_layers_post_attention_state(tmp_path):
+    """pred_d of layer l = ranking of router_{l+d}(norm_{l+d}(layer l's residual after attention)), by hand."""
     model = tiny_hf_model("mixtral", num_hidden_layers=3)
     om = offloaded_copy(model)
     x = torch.tensor([random_prompts(1, 256, lengths=(7,))[0]])
-    hidden = model(x, output_hidden_states=True).hidden_states  # [embeddings, out of layer 0, out of layer 1, ...]
+    seen = {}
+
+    def keep(module, args):
+        seen.setdefault("h", args[0][0])
+
+    hook = model.model.layers[0].post_attention_layernorm.register_forward_pre_hook(keep)
+    model(x)
+    hook.remove()
     tracer = TracingBackend(make_executor(om, 16), om)
     with om.using(tracer):
         om.backend.begin_step("prefill", 7)
         om.model(x)
         om.backend.end_step()
     tracer.close()
-    layer1 = model.model.layers[1]
-    manual = layer1.mlp.gate(layer1.post_attention_layernorm(hidden[1][0]))[0].argsort(-1, descending=True)
     rows = [i for i, layer in enumerate(tracer.rows["layer"]) if layer == 0]
-    assert [tracer.rows["pred_d1"][i] for i in rows] == manual.tolist()
-    layer2 = model.model.layers[2]
-    manual2 = layer2.mlp.gate(layer2.post_attention_layernorm(hidden[1][0]))[0].argsort(-1, descending=True)
-    assert [tracer.rows["pred_d2"][i] for i in rows] == manual2.tolist()
+    for d in (1, 2):
+        nxt = model.model.layers[d]
+        manual = nxt.mlp.gate(nxt.post_attention_layernorm(seen["h"]))[0].argsort(-1, descending=True)
+        assert [tracer.rows[f"pred_d{d}"][i] for i in rows] == manual.tolist()
     assert all(tracer.rows["pred_d1"][i] == [] for i, layer in enumerate(tracer.rows["layer"]) if layer == 2)
 
 
@@ -69,8 +74,12 @@ def test_expert_mapping():
     assert map_experts(ranking, topk, 8, 8, 2) == [5, 1]
     assert map_experts(ranking, topk, 8, 8, 3) == [5, 1, 7]
     assert map_experts(ranking, topk, 8, 4, 2) == [1, 3]  # 5 % 4, 1 % 4 (1 repeats), 7 % 4
-    more = map_experts(ranking, topk, 8, 64, 4)
-    assert more == [5 * 8 + 1, 1 * 8 + 7, 7 * 8 + 0, 0 * 8 + 2] and len(set(more)) == 4
+    more = map_experts(ranking, topk, 8, 64, 4)  # k a multiple of the source's 2: two of each chosen group
+    assert more == [5 * 8 + 0, 5 * 8 + 1, 1 * 8 + 2, 1 * 8 + 3]
+    assert map_experts([1, 5, 0, 7, 2, 3, 4, 6], [1, 5], 8, 64, 4) == [8, 9, 42, 43]  # ranks swap: other members
+    assert map_experts(list(reversed(ranking)), topk, 8, 64, 4) == more  # only the chosen experts matter
+    odd = map_experts(ranking, topk, 8, 64, 3)  # not a multiple: ordered pairs over the full ranking
+    assert odd == [5 * 8 + 1, 1 * 8 + 7, 7 * 8 + 0] and len(set(odd)) == 3
     with pytest.raises(ConfigError):
         map_experts(ranking, topk, 8, 64, 9)
 

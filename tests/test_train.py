@@ -86,3 +86,22 @@ def test_interrupted_training_resumes_to_the_same_weights(tmp_path):
     assert r2.finished and r2.steps == 12
     for (n, a), b in zip(straight.named_parameters(), resumed.parameters()):
         assert torch.equal(a, b), n
+
+
+def test_dense_training_experts_equal_the_sparse_ones():
+    """The training-only all-experts path gives the model's own outputs and gradients."""
+    import copy
+
+    from moelab.train import dense_experts
+    from tests.conftest import tiny_hf_model
+
+    sparse = tiny_hf_model("mixtral", num_local_experts=8, num_experts_per_tok=2).train().requires_grad_(True)
+    dense = copy.deepcopy(sparse)
+    dense.set_experts_implementation(dense_experts.NAME)
+    x = torch.randint(0, 256, (2, 12))
+    outs = [m(x, output_router_logits=True) for m in (sparse, dense)]
+    torch.testing.assert_close(outs[0].logits, outs[1].logits, rtol=1e-5, atol=1e-5)
+    for o in outs:
+        (o.logits.square().mean() + o.aux_loss).backward()
+    for (name, a), b in zip(sparse.named_parameters(), dense.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -56,6 +56,45 @@ class RoutingEvent:
 
 
 @dataclass(frozen=True)
+class Prediction:
+    """A predictor's guess, made while `source_layer` runs, of the experts `layer` will route to."""
+
+    step: int
+    source_layer: int
+    layer: int
+    phase: str
+    ranked: tuple[tuple[int, ...], ...]  # per token of the step: predicted experts, most likely first
+
+    @cached_property
+    def counts(self) -> dict[int, int]:
+        """Expert -> how many tokens predict it."""
+        out: dict[int, int] = {}
+        for row in self.ranked:
+            for e in row:
+                out[e] = out.get(e, 0) + 1
+        return out
+
+
+LOOKAHEAD_STATES = ("post_attn", "post_attn_default", "layer_output")
+
+
+@dataclass(frozen=True)
+class LookaheadSpec:
+    """What a predictor needs computed from the model's hidden states while a layer runs.
+
+    The executor's model side (moelab.models.lookahead) turns it into hooks; the policy stays
+    tensor-free and only sees the resulting `Prediction`s.
+    """
+
+    distance: int = 1  # predict the MoE layer this many MoE layers ahead
+    k: int | None = None  # experts predicted per token (None: the model's top_k)
+    state: str = "post_attn"  # which tensor stands in for layer l+d's input (see moelab.models.lookahead)
+    scorer: str = "router"  # "router": layer l+d's own router | "mlp": learned predictors
+    mlp_path: str | None = None
+    mlp_layers: tuple[int, ...] | None = None  # target layers scored by the MLP (None: all it has)
+
+
+@dataclass(frozen=True)
 class PrefetchRequest:
     """Ask the transfer engine to bring `key` to the GPU; higher priority is issued first."""
 

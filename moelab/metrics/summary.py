@@ -7,6 +7,7 @@ measured. Definitions follow METRICS.md; where it leaves a choice, the docstring
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -136,4 +137,25 @@ def run_metrics(
         "floor_ms_per_token": floor_per_token,
         "efficiency": _div(floor_per_token, tpot),
         "evictions": float(counters.evictions),
+    }
+
+
+def prediction_metrics(counters: ExecutorCounters) -> dict[str, float | str]:
+    """How well the policy's requests for a layer (its prediction) matched the router's choice, decode only.
+
+    `prediction_topk_recall` is the mean over layers of |predicted & used| / |used| (METRICS.md);
+    `prediction_precision` pools |predicted & used| / |predicted|; `prediction_coverage` is the share of
+    decode layer calls that had a prediction at all (qhs has none for the first MoE layer of a step).
+    Per-layer recalls go to `prediction_recall_layers` as JSON {layer: recall}.
+    """
+    rec = {layer: v for layer, v in sorted(counters.recall.items()) if v[1]}
+    per_layer = {str(layer): v[0] / v[1] for layer, v in rec.items()}
+    hits, predicted = sum(v[0] for v in rec.values()), sum(v[2] for v in rec.values())
+    return {
+        "prediction_topk_recall": float(np.mean(list(per_layer.values()))) if per_layer else NAN,
+        "prediction_precision": _div(hits, predicted),
+        "prediction_calls": float(sum(v[3] for v in rec.values())),
+        "prediction_recall_layers": json.dumps(per_layer),
+        "spec_exec_changed": _div(counters.spec_changed, counters.spec_pairs),
+        "prediction_coverage": _div(sum(v[3] for v in rec.values()), counters.decode_layer_calls),
     }

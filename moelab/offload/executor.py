@@ -1,9 +1,11 @@
 """OffloadExecutor: runs every MoE layer's experts out of the GPU expert cache.
 
-For one layer call: read the router's choice (the one host sync per layer), tell the
-prefetch policy, ask the balancer where each needed expert runs, give missing GPU experts
-a slot (the cache policy picks victims) and fetch them, then compute: experts already
-resident first, so their work hides the fetches of the others. Tokens are grouped by
+For one layer call: read the router's choice (the one host sync per layer, which also reads
+any prediction staged for later layers), score the policy's earlier prediction for this layer,
+optionally swap the router's choice for the predicted experts (speculative execution), tell
+the prefetch policy, ask the balancer where each needed expert runs, give missing GPU experts
+a slot (the cache policy picks victims) and fetch them, then queue the prefetches and compute:
+experts already resident first, so their work hides the fetches of the others. Tokens are grouped by
 expert exactly as transformers' grouped path does, and per-(token, k) outputs are summed in
 the same order, so the result does not depend on which experts were resident.
 """
@@ -18,7 +20,15 @@ from typing import Any
 
 import torch
 
-from moelab.core.types import CacheView, ExpertKey, ModelSpec, Placement, PrefetchRequest, RoutingEvent
+from moelab.core.types import (
+    CacheView,
+    ExpertKey,
+    ModelSpec,
+    Placement,
+    Prediction,
+    PrefetchRequest,
+    RoutingEvent,
+)
 from moelab.offload.cache import GpuExpertCache, Slot
 from moelab.offload.clock import clock_for
 from moelab.offload.kernels import ExpertKernel
@@ -46,6 +56,12 @@ class ExecutorCounters:
     cpu_uses: int = 0
     evictions: int = 0
     routing: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)  # (step, layer, experts)
+    # decode-phase prediction scores per layer: [experts predicted and used, experts used, experts predicted,
+    # layer calls with a prediction]; the router's true choice counts, also under speculative execution
+    recall: dict[int, list[int]] = field(default_factory=dict)
+    decode_layer_calls: int = 0
+    spec_pairs: int = 0  # (token, k) pairs run under speculative execution ...
+    spec_changed: int = 0  # ... of which the executed expert is not the router's choice
 
 
 class OffloadExecutor:
@@ -75,6 +91,9 @@ class OffloadExecutor:
         # of one layer closer than this many empty slots share a call.
         self.max_slot_gap = 8
         self.cpu_worker: Any = None  # seam for CPU expert computation (balancers that place experts on the CPU)
+        # Filled by moelab.models.lookahead: the routers' full logits (for speculative execution), and the
+        # predictions computed while a layer runs, read by that layer's one sync.
+        self.router_logits: dict[int, torch.Tensor] = {}
         self.recorder = TimelineRecorder(self.clock, self._compute_stream())
         self.transfers = TransferEngine(store, self.cache, self.recorder, device)
         self.reset()
@@ -95,6 +114,10 @@ class OffloadExecutor:
         self.counters = ExecutorCounters()
         self._step: StepInfo | None = None
         self._step_no = -1
+        self._staged: dict[int, list[tuple[int, torch.Tensor]]] = {}  # source layer -> (target, ranked [T, k'])
+        self._requested: dict[int, dict[int, float]] = {}  # layer -> expert -> priority, since the layer last ran
+        self._candidates: dict[int, list[list[int]]] = {}  # layer -> per-token predicted experts
+        self.router_logits = {}
 
     @property
     def capacity(self) -> int:
@@ -159,16 +182,95 @@ class OffloadExecutor:
     def _prefetch(self, requests: Sequence[PrefetchRequest], pinned: set[ExpertKey]) -> None:
         if requests:
             self.transfers.submit(requests)
+            for r in requests:
+                wanted = self._requested.setdefault(r.key.layer, {})
+                wanted[r.key.expert] = max(r.priority, wanted.get(r.key.expert, r.priority))
         if not self.transfers.queue:
             return
+        # a prefetch never evicts an expert the same plan wants at least as much (prefetch and eviction agree)
+        wanted = [(r.priority, r.key) for r in self.transfers.queue if r.key in self.cache.table]
 
         def allocate(key: ExpertKey, priority: float) -> Slot | None:
-            slot = self._allocate(key, pinned)
+            slot = self._allocate(key, pinned | {k for p, k in wanted if p >= priority})
             if slot is not None:
                 self.cache_policy.on_insert(key)
             return slot
 
         self.transfers.pump(allocate, self._step_no, self.max_prefetch_per_layer)
+
+    # ------------------------------------------------------------------ predictions
+    def stage_prediction(self, source: int, target: int, ranked: torch.Tensor) -> None:
+        """A prediction [T, k'] for layer `target`, computed on the device before layer `source`'s experts run;
+        it is read by `source`'s own sync, so predicting costs no extra host round trip."""
+        self._staged.setdefault(source, []).append((target, ranked))
+
+    def predict_now(self, source: int, target: int, ranked: torch.Tensor) -> None:
+        """A prediction made after `source`'s experts ran (it waits for the device) and acted on at once."""
+        if self._step is None:
+            return
+        rows = ranked.tolist()
+        self._prefetch(self._dispatch([(target, rows)], source), pinned=set())
+
+    def _dispatch(self, predictions: list[tuple[int, list[list[int]]]], source: int) -> list[PrefetchRequest]:
+        info = self._step
+        assert info is not None
+        requests: list[PrefetchRequest] = []
+        view = self.view()
+        for target, rows in predictions:
+            if self.prefetch.speculative_execution:
+                self._candidates[target] = rows
+            pred = Prediction(info.step, source, target, info.phase, tuple(tuple(r) for r in rows))
+            requests.extend(self.prefetch.on_prediction(pred, view))
+        return requests
+
+    def _score(self, layer: int, phase: str, true_experts: set[int]) -> dict[int, float] | None:
+        """Compare what the policy asked for, for this layer, with what the router chose."""
+        wanted = self._requested.pop(layer, None)
+        self.counters.decode_layer_calls += phase == "decode"
+        if wanted is not None and phase == "decode":
+            acc = self.counters.recall.setdefault(layer, [0, 0, 0, 0])
+            acc[0] += len(true_experts & wanted.keys())
+            acc[1] += len(true_experts)
+            acc[2] += len(wanted)
+            acc[3] += 1
+        return wanted
+
+    def _speculate(
+        self, layer: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, wanted: dict[int, float] | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The predicted experts to run instead of the router's choice, and their weights (on the device).
+
+        Per token: the candidates are its predicted experts (or, for predictors without per-token
+        predictions, every expert requested for the layer); the top_k of them by the router's own
+        logits run, weighted by the router's softmax renormalised over them and scaled to the mass
+        the router's own top_k weights had (1 for models that normalise). Tokens with fewer than
+        top_k candidates complete them with the router's choice. Without router logits (routing
+        replay) the first top_k candidates run with the router's weights.
+        """
+        rows = self._candidates.pop(layer, None)
+        if rows is None and wanted:
+            shared = sorted(wanted, key=lambda e: -wanted[e])
+            rows = [shared] * top_k_index.shape[0]
+        if not rows or len(rows) != top_k_index.shape[0]:
+            return None
+        dev, k = top_k_index.device, top_k_index.shape[1]
+        width = max(len(r) for r in rows)
+        cand = torch.tensor([list(r) + [-1] * (width - len(r)) for r in rows], dtype=torch.long, device=dev)
+        cand = torch.cat([cand, top_k_index], dim=1)  # the router's choice completes short candidate lists
+        dup = (top_k_index[:, :, None] == cand[:, None, :width]).any(-1)
+        logits = self.router_logits.pop(layer, None)
+        if logits is None:  # rank by position: candidates in their order, then the router's choice
+            key = -torch.arange(cand.shape[1], device=dev, dtype=torch.float32).expand(cand.shape[0], -1).clone()
+        else:
+            key = logits.float().reshape(cand.shape[0], -1).gather(1, cand.clamp(min=0))
+        key[:, width:] -= 1e9  # used only where a token has fewer than top_k candidates
+        key = key.masked_fill(torch.cat([cand[:, :width] < 0, dup], dim=1), float("-inf"))
+        pick = key.topk(k, dim=1).indices
+        idx = cand.gather(1, pick)
+        if logits is None:
+            return idx, top_k_weights
+        w = torch.softmax(key.gather(1, pick), dim=1) * top_k_weights.float().sum(dim=1, keepdim=True)
+        return idx, w.to(top_k_weights.dtype)
 
     # ------------------------------------------------------------------ the MoE layer
     def run_layer(
@@ -183,16 +285,45 @@ class OffloadExecutor:
                 self.end_step()
         info = self._step
         rec = self.recorder
+        wanted = self._requested.get(layer)
+        speculated = self._speculate(layer, top_k_index, top_k_weights, wanted) \
+            if self.prefetch.speculative_execution else None
+        staged = self._staged.pop(layer, [])
+        parts = [top_k_index.reshape(-1)]
+        if speculated is not None:
+            parts.append(speculated[0].reshape(-1))
+        parts += [t.reshape(-1).to(top_k_index.dtype) for _, t in staged]
         before_sync = rec.mark()
-        chosen = top_k_index.reshape(-1).tolist()  # the one host sync per layer: which experts, how many tokens
+        # the one host sync per layer: the router's choice, what runs instead of it, the staged predictions
+        values = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()
         rec.gap(before_sync, rec.mark())
+        n = top_k_index.numel()
+        true_choice, pos = values[:n], n
+        self._score(layer, info.phase, set(true_choice))
+        chosen = true_choice
+        if speculated is not None:
+            chosen, pos = values[pos : pos + n], pos + n
+            top_k_index, top_k_weights = speculated
+            self.counters.spec_pairs += n
+            k = top_k_index.shape[1]
+            self.counters.spec_changed += sum(
+                e not in true_choice[t - t % k : t - t % k + k] for t, e in enumerate(chosen)
+            )
+        predictions = []
+        for target, ranked in staged:
+            width = ranked.shape[-1]
+            flat = values[pos : pos + ranked.numel()]
+            pos += ranked.numel()
+            predictions.append((target, [flat[i : i + width] for i in range(0, len(flat), width)]))
         counts = Counter(chosen)
         experts = sorted(counts)
         ncounts = [counts[e] for e in experts]
         self.counters.routing.append((info.step, layer, tuple(experts)))
         event = RoutingEvent(info.step, layer, info.phase, hidden.shape[0], tuple(experts), tuple(ncounts))
         view = self.view()
-        requests = self.prefetch.on_routing(event, view)
+        requests = list(self.prefetch.on_routing(event, view))
+        if predictions:
+            requests += self._dispatch(predictions, layer)
         placement = self.balancer.assign(layer, experts, ncounts, view)
 
         batch = _LayerBatch(hidden, top_k_index, top_k_weights, experts, ncounts, self._out_dtype(top_k_weights))

@@ -4,11 +4,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from moelab.core.types import CacheView, ExpertKey, ModelSpec, Placement, PrefetchRequest, RoutingEvent
+from moelab.core.types import (
+    CacheView,
+    ExpertKey,
+    LookaheadSpec,
+    ModelSpec,
+    Placement,
+    Prediction,
+    PrefetchRequest,
+    RoutingEvent,
+)
 
 
 class PrefetchPolicy:
-    """Sees every routing decision and asks for experts ahead of need."""
+    """Sees every routing decision and asks for experts ahead of need.
+
+    What a policy requests for a layer before that layer runs is its prediction for it: the
+    executor scores it against the router's real choice (`prediction_topk_recall`) and, with
+    `speculative_execution`, runs those experts instead of the router's choice.
+    """
+
+    # Predictors that read the model's hidden states say what they need computed (moelab.models.lookahead).
+    lookahead: LookaheadSpec | None = None
+    # Run the layer on the predicted experts (router weights renormalised over them) instead of fetching
+    # the router's true choice: faster, no longer exact. Any predicting policy may turn it on.
+    speculative_execution: bool = False
+    # Policies that must know the run's routing in advance (the oracle) get it through `set_future`.
+    needs_future: bool = False
 
     def reset(self, spec: ModelSpec) -> None:
         """Forget all history; called before each run (and between runs that share a model)."""
@@ -18,9 +40,16 @@ class PrefetchPolicy:
         """Called once the router of `event.layer` has chosen; return requests for future layers/steps."""
         return ()
 
+    def on_prediction(self, prediction: Prediction, cache: CacheView) -> Sequence[PrefetchRequest]:
+        """Called when `lookahead` has produced a prediction for a later layer."""
+        return ()
+
     def on_step_end(self, step: int, cache: CacheView) -> Sequence[PrefetchRequest]:
         """Called after a forward step; return requests to issue before the next step starts."""
         return ()
+
+    def set_future(self, routing: Sequence[tuple[int, int, tuple[int, ...]]]) -> None:
+        """(step, layer, experts) of the whole coming run, for policies with `needs_future`."""
 
 
 class CachePolicy:

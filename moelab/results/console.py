@@ -52,6 +52,10 @@ def print_summary(row: Mapping[str, Any], console: Console | None = None) -> Non
         ("H2D GB/s (demand)", _fmt(row.get("h2d_gbps_demand"))),
         ("floor ms/token (eff.)", f"{_fmt(row.get('floor_ms_per_token'))} ({_fmt(row.get('efficiency'))})"),
     ]
+    if row.get("prediction_topk_recall") is not None and not math.isnan(row["prediction_topk_recall"]):
+        left.append(("prediction recall", _fmt(row.get("prediction_topk_recall"))))
+        right.append(("prefetch precision / spec. changed",
+                      f"{_fmt(row.get('prefetch_precision'))} / {_fmt(row.get('spec_exec_changed'))}"))
     for (a, b), (c, d) in zip(left, right):
         t.add_row(a, str(b), c, str(d))
     console.print(t)

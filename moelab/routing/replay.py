@@ -6,17 +6,22 @@ Mapping (documented choices):
 - experts, by the source's ranking r1, r2, ... of each token (all experts by router logit):
   * same number of experts: the source's own choice (its first k of `topk`, then of `ranking`);
   * fewer experts (E < E_src): r -> r mod E, skipping repeats, until k distinct;
-  * more experts (E = m * E_src or more): the j-th choice is r_j * m + (r_{j+1} mod m): each destination
-    expert stands for an ordered pair of source experts, so all E are reachable and a token that
-    repeats its source ranking repeats its destination experts (locality is kept).
+  * more experts (E = m * E_src or more; m experts stand for each source expert) and k a multiple of the
+    source's k_src with q = k / k_src <= m: the source's j-th chosen expert r_j becomes q experts of its
+    group, r_j * m + ((j * q + i) mod m) for i < q. The destination choice depends on the source's chosen
+    experts alone, so a token that keeps its source experts keeps its destination experts (locality), and
+    a prediction that names the right source experts names the right destination ones; all E are
+    reachable as r_j is ranked first or second. Otherwise the j-th choice is r_j * m + (r_{j+1} mod m)
+    over the source's full ranking (an ordered pair of source experts).
 - weights: the source's if k is the same, else uniform 1/k (weights scale outputs, not transfers).
 - workload: the trace's prompts (token ids modulo the vocabulary), batch size and new tokens, so the
   steps line up one to one with the recording.
 
 Valid under replay: every policy that decides from routing events (none, ar_binary, lru, lfu, spac
 frequency maps, oracle/belady from the replayed trace). Predictors that read hidden states (qhs, mlp)
-must use the trace's recorded predictions (`pred_d1`, `pred_d2`, via `prediction()`): the random model's
-own hidden states say nothing about the replayed routing.
+use the trace's recorded predictions (`pred_d1`, `pred_d2`, via `ReplayBackend.predicted`): the random
+model's own hidden states say nothing about the replayed routing. So under replay `qhs` replays what the
+recorded model's routers predicted (state=post_attn, d <= the trace's lookahead), and `mlp` is refused.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ def map_experts(ranking: list[int], topk: list[int], e_src: int, e_dst: int, k: 
                 return out
         raise ConfigError(f"cannot map {e_src} source experts to {k} distinct of {e_dst}")
     m = e_dst // e_src
+    if topk and k % len(topk) == 0 and k // len(topk) <= m:
+        q = k // len(topk)
+        return [e * m + (j * q + i) % m for j, e in enumerate(topk) for i in range(q)]
     order = list(topk) + [e for e in ranking if e not in topk]
     if k > len(order):
         raise ConfigError(f"replay needs top_k <= the trace's {len(order)} experts, got top_k={k}")
@@ -124,11 +132,17 @@ class ReplayBackend:
         idx, w = self._cache[key]
         return idx.to(device), w.to(device=device, dtype=dtype)
 
-    def prediction(self, layer: int, distance: int) -> list[list[int]] | None:
-        """The trace's quasi-hidden-state ranking for the layer `distance` MoE layers after `layer`."""
+    def predicted(self, layer: int, distance: int, k: int, device: Any) -> torch.Tensor:
+        """The trace's quasi-hidden-state prediction [T, k] for the MoE layer `distance` ahead of `layer`, mapped
+        to this model's experts as the routing is."""
         rows = self.replay._by_step[self.replay.steps[self.cursor]].get(self.layer_map[layer])
         col = f"pred_d{distance}"
-        return None if rows is None or col not in rows else [list(p) for p in rows[col]]
+        if rows is None or col not in rows or any(len(p) == 0 for p in rows[col]):
+            raise ConfigError(f"the trace {self.replay.path} has no {col} predictions for layer {self.layer_map[layer]}"
+                              f" (recorded lookahead: {self.replay.header.get('lookahead')})")
+        ranked = [map_experts(list(p), list(p)[: self.k_src], self.e_src, self.spec.num_experts, k)
+                  for p in rows[col]]
+        return torch.tensor(ranked, dtype=torch.long, device=device)
 
     def run_layer(self, layer, hidden, top_k_index, top_k_weights):
         idx, w = self.routing(layer, top_k_index.shape[0], hidden.device, top_k_weights.dtype)

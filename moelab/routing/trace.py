@@ -13,9 +13,14 @@ Format (one parquet file; pyarrow schema metadata key `moelab_trace` holds a JSO
     topk     list<int16>    experts the router chose (the routing the run used)
     weights  list<float32>  their combine weights
     ranking  list<int16>    all experts by descending router logit
-    pred_d1, pred_d2 ...  list<int16>  experts by descending logit of the router of the MoE layer d
-                          MoE layers ahead, applied (after its pre-MoE norm) to this layer's output
-                          residual: the quasi-hidden-state prediction predictors replay from
+    pred_d1, pred_d2 ...  list<int16>  all experts as ranked by the router of the MoE layer d MoE
+                          layers ahead applied (after its pre-MoE norm) to this layer's post-attention
+                          residual (`qhs` with state=post_attn, see moelab.models.lookahead): what
+                          qhs replays under routing=replay
+
+With `states=True` a second file, `<trace>.states.safetensors`, holds for every MoE layer l a tensor
+`layer.<l>` [rows of layer l, hidden] (float16): the post-attention residual of each traced token,
+in the trace's row order for that layer. `moelab.train_predictor` learns from it.
 """
 
 from __future__ import annotations
@@ -27,53 +32,49 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from safetensors.torch import save_file
 
+from moelab.models.lookahead import router_ranking
 from moelab.models.offloaded import OffloadedModel
 
 META_KEY = b"moelab_trace"
 
 
 class TracingBackend:
-    """Wraps a backend; records each layer's routing and the routers' views of the residual stream."""
+    """Wraps a backend; records each layer's routing and the later routers' view of its post-attention state."""
 
-    def __init__(self, inner: Any, om: OffloadedModel, lookahead: tuple[int, ...] = (1, 2)):
+    def __init__(self, inner: Any, om: OffloadedModel, lookahead: tuple[int, ...] = (1, 2), states: bool = False):
         self.inner = inner
         self.om = om
         self.lookahead = lookahead
         self.rows: dict[str, list] = {k: [] for k in ("step", "phase", "batch", "pos", "layer", "topk", "weights",
                                                       "ranking", *(f"pred_d{d}" for d in lookahead))}
+        self.states: dict[int, list[torch.Tensor]] | None = {} if states else None
         self._step = -1
         self._phase = ""
         self.batch = 0
         self._logits: dict[int, torch.Tensor] = {}
-        self._open: dict[int, slice] = {}  # rows of a layer's MoE call waiting for the layer's predictions
+        self._state: dict[int, torch.Tensor] = {}
         self._hooks = []
         routers, norms = om.routers(), om.pre_moe_norms()
-        layers = om.adapter.decoder_layers(om.model)
+        self._routers, self._norms = routers, norms
         moe = list(om.spec.moe_layers)
+        self._targets = {layer: [(d, moe[i + d]) for d in lookahead if i + d < len(moe)] for i, layer in enumerate(moe)}
+        self._quiet = False
         for layer, router in routers.items():
             self._hooks.append(router.register_forward_hook(self._router_hook(layer)))
-        for i, layer in enumerate(moe):
-            targets = [(d, moe[i + d]) for d in lookahead if i + d < len(moe)]
-            if targets:
-                hook = self._layer_hook(layer, targets, routers, norms)
-                self._hooks.append(layers[layer].register_forward_hook(hook))
+            self._hooks.append(norms[layer].register_forward_pre_hook(self._state_hook(layer)))
 
     def _router_hook(self, layer: int):
         def hook(module, args, output):
-            self._logits[layer] = output[0].detach().reshape(-1, output[0].shape[-1])
+            if not self._quiet:
+                self._logits[layer] = output[0].detach().reshape(-1, output[0].shape[-1])
         return hook
 
-    def _layer_hook(self, layer: int, targets, routers, norms):
-        def hook(module, args, output):
-            rows = self._open.pop(layer, None)
-            if rows is None:  # the layer ran outside a traced MoE call
-                return
-            h = output[0] if isinstance(output, tuple) else output
-            h = h.detach().reshape(-1, h.shape[-1])
-            for d, nxt in targets:
-                logits = routers[nxt](norms[nxt](h))[0].reshape(h.shape[0], -1)
-                self.rows[f"pred_d{d}"][rows] = logits.argsort(dim=-1, descending=True).tolist()
+    def _state_hook(self, layer: int):
+        def hook(module, args):
+            if not self._quiet:
+                self._state[layer] = args[0].detach().reshape(-1, args[0].shape[-1])
         return hook
 
     def close(self) -> None:
@@ -102,9 +103,20 @@ class TracingBackend:
         r["weights"] += top_k_weights.float().tolist()
         logits = self._logits.pop(layer, None)
         r["ranking"] += logits.argsort(dim=-1, descending=True).tolist() if logits is not None else [[]] * n
-        for d in self.lookahead:  # filled by the decoder layer's hook once the layer's output exists
-            r[f"pred_d{d}"] += [[]] * n
-        self._open[layer] = slice(len(r["step"]) - n, len(r["step"]))
+        state = self._state.pop(layer, None)
+        targets = dict(self._targets.get(layer, []))
+        self._quiet = True  # the later routers' hooks must not take these calls for their own
+        try:
+            for d in self.lookahead:
+                if d in targets and state is not None:
+                    nxt = targets[d]
+                    r[f"pred_d{d}"] += router_ranking(self._routers[nxt], self._norms[nxt](state), 10**9).tolist()
+                else:
+                    r[f"pred_d{d}"] += [[]] * n
+        finally:
+            self._quiet = False
+        if self.states is not None and state is not None:
+            self.states.setdefault(layer, []).append(state.to(torch.float16).cpu())
         return out
 
     def save(self, path: Path, header: dict[str, Any]) -> Path:
@@ -123,7 +135,19 @@ class TracingBackend:
         tmp = path.with_suffix(".tmp")
         pq.write_table(table, tmp, compression="zstd")
         tmp.replace(path)
+        if self.states is not None:
+            tensors = {f"layer.{layer}": torch.cat(parts).contiguous() for layer, parts in self.states.items()}
+            spath = states_path(path)
+            tmp = spath.with_suffix(".tmp")
+            save_file(tensors, str(tmp), metadata={"trace": path.name})
+            tmp.replace(spath)
         return path
+
+
+def states_path(trace: str | Path) -> Path:
+    """Where the states of a trace recorded with `states=True` are."""
+    trace = Path(trace)
+    return trace.with_name(trace.stem + ".states.safetensors")
 
 
 def read_trace(path: str | Path) -> tuple[dict[str, Any], Any]:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from moelab.core.errors import MoelabError
+from moelab.train import dense_experts
 from moelab.train.corpus import list_sources, read_split
 from moelab.train.data import TokenWindows, encode_to_file
 from moelab.train.loop import train
@@ -68,10 +69,13 @@ def build(spec: dict[str, Any], tok) -> torch.nn.Module:
         spec["arch"], vocab_size=len(tok), eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id, **spec["config"],
     )
-    # transformers' grouped experts kernel is made for bf16 weights; training keeps float32 master weights
-    # under bf16 autocast, so it runs the per-expert (eager) path. Inference later uses the default.
-    return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, experts_implementation="eager") \
-        if spec["arch"] in MOE_ARCHS else AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    # Training keeps float32 master weights under bf16 autocast, which transformers' grouped kernel (made for
+    # bf16 weights) does not take; all-experts-dense (moelab.train.dense_experts) is the fast exact path.
+    # The saved model is reloaded with the default implementation for inference.
+    if spec["arch"] not in MOE_ARCHS:
+        return AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, experts_implementation=dense_experts.NAME)
+    return model
 
 
 def stage(name: str, spec: dict[str, Any], c: dict[str, Any], out: Path, tok, device, deadline) -> dict | None:

@@ -1,0 +1,163 @@
+"""Predictions of a later layer's routing, computed from what the model holds while layer l runs.
+
+Speculating Experts' quasi-hidden state: layer l+d's true MoE input does not exist yet while layer
+l runs, so a tensor available now stands in for it and goes through layer l+d's own pre-MoE norm
+and router. `LookaheadSpec.state` picks the tensor (the paper digest leaves the exact one open, so
+all three are here and `prediction_topk_recall` measures them):
+
+- `post_attn` (default): layer l's residual stream after its attention, the input of layer l's
+  pre-MoE norm. It exists before layer l's experts run, so the copies overlap their compute, and it
+  is read by layer l's one host sync (no extra round trip). It lacks layer l's MoE update.
+- `post_attn_default`: the same plus a running mean (over past tokens) of layer l's MoE-block
+  output, a "default vector" standing in for the update that is still missing.
+- `layer_output`: layer l's output residual, i.e. layer l+1's input minus layer l+1's attention.
+  Closest to the truth, but it exists only after layer l's experts ran: the copies overlap only
+  layer l+1's attention (for d=1), and reading it costs a host sync of its own.
+
+Scorers turn the state into ranked experts: `router` (layer l+d's router; its own top-k first,
+then the rest by logit) or learned per-layer MLPs (`moelab.predictors`). Under routing replay the
+hidden states say nothing about the replayed routing, so the trace's recorded predictions are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from moelab.core.errors import ConfigError
+from moelab.core.types import LOOKAHEAD_STATES as STATES
+from moelab.core.types import LookaheadSpec
+from moelab.models.offloaded import OffloadedModel
+
+Scorer = Callable[[int, torch.Tensor, int], torch.Tensor]  # (target layer, state [T, H], k) -> ranked [T, k]
+
+
+def router_ranking(router: nn.Module, h: torch.Tensor, k: int) -> torch.Tensor:
+    """Experts by the router's preference: its own top-k choice (group limits and biases included) first,
+    then the others by logit."""
+    logits, _, idx = router(h)
+    logits = logits.float().reshape(idx.shape[0], -1)
+    first = idx.gather(1, logits.gather(1, idx).argsort(dim=1, descending=True))
+    rest = logits.scatter(1, idx, float("-inf")).argsort(dim=1, descending=True)[:, : logits.shape[1] - idx.shape[1]]
+    return torch.cat([first, rest], dim=1)[:, :k]
+
+
+class RouterScorer:
+    """Layer l+d's pre-MoE norm and router applied to the stand-in state."""
+
+    def __init__(self, om: OffloadedModel):
+        self.routers = om.routers()
+        self.norms = om.pre_moe_norms()
+
+    def __call__(self, target: int, state: torch.Tensor, k: int) -> torch.Tensor:
+        return router_ranking(self.routers[target], self.norms[target](state), k)
+
+
+class Lookahead:
+    """Hooks that compute a predictor's view of layer l+d while layer l runs and hand it to the executor.
+
+    Also keeps each router's full logits for the executor when speculative execution needs them.
+    Use as a context manager around the generation that should see it.
+    """
+
+    def __init__(
+        self,
+        om: OffloadedModel,
+        spec: LookaheadSpec | None,
+        executor: Any,
+        scorer: Scorer | None = None,
+        replay: Any = None,
+        keep_router_logits: bool = False,
+        default_decay: float = 0.9,
+    ):
+        spec = spec or LookaheadSpec(distance=len(om.spec.moe_layers))  # router logits only, no prediction
+        if spec.state not in STATES:
+            raise ConfigError(f"unknown quasi-hidden state {spec.state!r}; allowed: {', '.join(STATES)}")
+        if int(spec.distance) < 1:
+            raise ConfigError(f"lookahead distance must be >= 1, got {spec.distance}")
+        self.om = om
+        self.spec = spec
+        self.executor = executor
+        self.k = int(spec.k or om.spec.top_k)
+        if not 1 <= self.k <= om.spec.num_experts:
+            raise ConfigError(f"experts predicted per token (k={spec.k}) must be in 1..{om.spec.num_experts}")
+        self.scorer = scorer or RouterScorer(om)
+        self.replay = replay
+        self.keep_router_logits = keep_router_logits
+        self.default_decay = default_decay
+        self.defaults: dict[int, torch.Tensor] = {}
+        self._predicting = False
+        self._hooks: list[Any] = []
+
+    def __enter__(self) -> Lookahead:
+        om, adapter = self.om, self.om.adapter
+        layers = adapter.decoder_layers(om.model)
+        moe = list(om.spec.moe_layers)
+        d = int(self.spec.distance)
+        for i, layer in enumerate(moe):
+            if self.keep_router_logits:
+                router = adapter.router(adapter.moe_block(layers[layer]))
+                self._hooks.append(router.register_forward_hook(self._keep_logits(layer)))
+            if i + d >= len(moe):
+                continue
+            target = moe[i + d]
+            if self.spec.state == "layer_output":
+                self._hooks.append(layers[layer].register_forward_hook(self._after_layer(layer, target)))
+            else:
+                norm = adapter.pre_moe_norm(layers[layer])
+                self._hooks.append(norm.register_forward_pre_hook(self._before_experts(layer, target)))
+            if self.spec.state == "post_attn_default":
+                block = adapter.moe_block(layers[layer])
+                self._hooks.append(block.register_forward_hook(self._track_default(layer)))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self.executor.router_logits.clear()
+
+    # ---------------------------------------------------------------- hooks
+    def _rank(self, source: int, target: int, state: torch.Tensor) -> torch.Tensor:
+        if self.replay is not None:
+            return self.replay.predicted(source, int(self.spec.distance), self.k, state.device)
+        h = state.reshape(-1, state.shape[-1])
+        if self.spec.state == "post_attn_default" and source in self.defaults:
+            h = h + self.defaults[source].to(h.dtype)
+        self._predicting = True
+        try:
+            with torch.no_grad():
+                return self.scorer(target, h, self.k)
+        finally:
+            self._predicting = False
+
+    def _before_experts(self, source: int, target: int):
+        def hook(module, args):
+            if not self._predicting:  # scoring calls later layers' norms: those calls are not the model's
+                self.executor.stage_prediction(source, target, self._rank(source, target, args[0]))
+        return hook
+
+    def _after_layer(self, source: int, target: int):
+        def hook(module, args, output):
+            if self._predicting:
+                return
+            h = output[0] if isinstance(output, tuple) else output
+            self.executor.predict_now(source, target, self._rank(source, target, h))
+        return hook
+
+    def _track_default(self, layer: int):
+        def hook(module, args, output):
+            y = output[0] if isinstance(output, tuple) else output
+            mean = y.detach().reshape(-1, y.shape[-1]).float().mean(0)
+            prev = self.defaults.get(layer)
+            self.defaults[layer] = mean if prev is None else self.default_decay * prev + (1 - self.default_decay) * mean
+        return hook
+
+    def _keep_logits(self, layer: int):
+        def hook(module, args, output):
+            if not self._predicting:
+                self.executor.router_logits[layer] = output[0].detach()
+        return hook

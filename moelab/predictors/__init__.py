@@ -1,0 +1,1 @@
+"""Learned routing predictors (tensor code; the policies that use them live in moelab.policies.prefetch)."""

@@ -1,0 +1,49 @@
+"""`python -m moelab.train_predictor [run overrides] [predictor.*=...]`: record a routing trace (with the
+post-attention states) through the executor on the run's model and workload, train one MLP predictor per
+layer, save them and print how they compare with qhs and a constant guess on held-out steps.
+
+Use them with `python run.py policy=mlp prefetch.path=<printed path> [prefetch.layers=[...]]`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+@hydra.main(version_base=None, config_path=CONF, config_name="train_predictor")
+def main(cfg: DictConfig) -> None:
+    from moelab.core.errors import ConfigError, MoelabError
+    from moelab.predictors.mlp import save_predictors
+    from moelab.predictors.train import train_predictors
+    from moelab.runner import run
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    p = c.pop("predictor")
+    try:
+        if c["routing"]["name"] != "native":
+            raise ConfigError("predictors learn from the model's own hidden states: use routing=native")
+        row = run({**c, "record_trace": True, "record_states": True})
+        models, info, report = train_predictors(
+            row["trace_path"], distance=int(p["distance"]), width=int(p["width"]), epochs=int(p["epochs"]),
+            lr=float(p["lr"]), batch_size=int(p["batch_size"]), weight_decay=float(p["weight_decay"]),
+            val_every=int(p["val_every"]), seed=int(c.get("seed", 0)), progress=bool(c.get("progress", True)))
+        out = Path(p["out"] or Path(row["trace_path"]).parent / f"predictors_d{p['distance']}")
+        save_predictors(out, models, info)
+        report.to_csv(out / "report.csv", index=False)
+    except MoelabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(report.round(3).to_string(index=False))
+    print(f"mean held-out top-k recall: mlp {report.val_recall_mlp.mean():.3f} | qhs "
+          f"{report.val_recall_qhs.mean():.3f} | constant {report.val_recall_constant.mean():.3f}")
+    print(f"predictors: {out}")
+
+
+if __name__ == "__main__":
+    main()
