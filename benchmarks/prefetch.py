@@ -16,18 +16,15 @@ Every run goes through moelab.runner.run, so each is also a row of <out>/bench_p
 from __future__ import annotations
 
 import argparse
-import json
+import shutil
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
-from omegaconf import OmegaConf
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, Bench, print_tables, quick_shapes, vs_baseline  # noqa: E402
 
 POLICIES: list[tuple[str, list[str]]] = [
     ("none", ["policy=on_demand"]),
@@ -55,48 +52,11 @@ def training_prompts(n: int, chars: int) -> list[str]:
     return [texts[i][:chars] for i in range(0, step * n, step) if texts[i].strip()][:n]
 
 
-class Bench:
-    def __init__(self, out: Path, device: str, quick: bool):
-        from hydra import compose, initialize_config_dir
-
-        self.out, self.device, self.quick = out, device, quick
-        self._ctx = initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None)
-        self._ctx.__enter__()
-        self.compose = compose
-        self.rows: list[dict[str, Any]] = []
-
-    def run(self, section: str, label: str, budget: float, overrides: list[str], **edits: Any) -> dict[str, Any]:
-        from moelab.runner import run
-
-        cfg = self.compose("config", overrides=[
-            *overrides, f"budget.fraction={budget}", "experiment_name=bench_prefetch", f"results_dir={self.out}",
-            "progress=false", "logger.console=false", f"device={self.device}"])
-        for key, value in edits.items():
-            OmegaConf.update(cfg, key, value, force_add=True)
-        t0 = time.time()
-        try:
-            r = run(cfg)
-        except Exception as e:  # a failing configuration is a row, not the end of the benchmark
-            r = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
-        row = {"section": section, "model": r.get("model"), "budget": budget, "policy": label,
-               **{k: r.get(k) for k in METRICS if k in r}, "status": r.get("status"), "error": r.get("error"),
-               "h2d_mib_demand": (r.get("h2d_bytes_demand") or 0) / 2**20,
-               "h2d_mib_prefetch": (r.get("h2d_bytes_prefetch") or 0) / 2**20,
-               "h2d_mib_wasted": (r.get("h2d_bytes_wasted") or 0) / 2**20,
-               "prediction_recall_layers": r.get("prediction_recall_layers"), "trace_path": r.get("trace_path"),
-               "wall_s": round(time.time() - t0, 1)}
-        print(json.dumps({k: v for k, v in row.items() if k != "prediction_recall_layers"}, default=str), flush=True)
-        self.rows.append(row)
-        pd.DataFrame(self.rows).to_csv(self.out / "prefetch_benchmark_all.csv", index=False)  # kept if cut off
-        return r
-
-
-def section_trained(b: Bench, model: list[str], budgets: tuple[float, ...], new_tokens: int) -> str | None:
+def section_trained(b: Bench, model: list[str], budgets: tuple[float, ...], new_tokens: int, quick: bool) -> str | None:
     """Predictors on the trained model; returns the evaluation trace for the replay section."""
     from moelab.predictors.mlp import save_predictors
     from moelab.predictors.train import train_predictors
 
-    quick = b.quick
     prompts = ["def add(a, b):\n    return a + b\n"] * 4 if quick else training_prompts(24, 600)
     rec = b.run("trained", "trace (predictor training)", 0.5, [*model, "record_trace=true", "record_states=true",
                 "reference=false", f"workload.max_new_tokens={8 if quick else 48}"], **{"workload.prompts": prompts})
@@ -117,27 +77,15 @@ def section_trained(b: Bench, model: list[str], budgets: tuple[float, ...], new_
     return trace
 
 
-def section_replay(b: Bench, trace: str, budgets: tuple[float, ...], models: list[tuple[str, int]]) -> None:
+def section_replay(b: Bench, trace: str, budgets: tuple[float, ...], models: list[tuple[str, int]],
+                   quick: bool) -> None:
     for preset, layers in models:
         base = [f"model={preset}", f"model.num_layers={layers}", "routing=replay", f"routing.trace={trace}"]
-        if b.quick:
-            base += ["model.config.hidden_size=128", "model.config.intermediate_size=256",
-                     "model.config.vocab_size=512", "++model.config.moe_intermediate_size=64",
-                     "model.config.num_attention_heads=4", "model.config.num_key_value_heads=2", "model.dtype=float32",
-                     "model.num_layers=3"]
-            base += ["model.config.head_dim=32"] if preset == "qwen3_moe" else []
+        if quick:
+            base += quick_shapes(preset)
         for budget in budgets:
             for label, over in POLICIES:
                 b.run("replay", label, budget, [*base, *over])
-
-
-def summarise(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    ok = df[df.status == "ok"].copy()
-    base = ok[ok.policy == "none"].set_index(["section", "model", "budget"]).tpot_ms
-    ok["vs_none"] = [t / base.get((s, m, bud), float("nan")) for s, m, bud, t in
-                     zip(ok.section, ok.model, ok.budget, ok.tpot_ms)]
-    return ok
 
 
 def trained_recall(df: pd.DataFrame, out: Path) -> pd.DataFrame:
@@ -169,32 +117,27 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     print(f"device: {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}, torch {torch.__version__}",
           flush=True)
-    b = Bench(out, device, args.quick)
+    b = Bench(out, device, "bench_prefetch", METRICS)
     budgets = (0.25, 0.5)
     model = ["model=tiny"] if args.quick else ["model=code_moe", f"model.path={args.ckpt}"]
     sections = args.sections.split(",")
     trace = args.trace
     if "trained" in sections:
-        trace = section_trained(b, model, budgets, 6 if args.quick else args.new_tokens) or trace
-        if trace:
-            (out / "replay_trace.txt").write_text(trace)
+        trace = section_trained(b, model, budgets, 6 if args.quick else args.new_tokens, args.quick) or trace
+        if trace:  # kept beside the tables, so a later call (or another machine) can replay it
+            shutil.copy(trace, out / "replay_trace.parquet")
+            trace = str(out / "replay_trace.parquet")
     if "replay" in sections and trace:
         models = [(m, int(n)) for m, n in (x.split(":") for x in args.replay_models.split(","))]
-        section_replay(b, trace, budgets, models)
-    df = summarise(b.rows)
-    pd.DataFrame(b.rows).to_csv(out / "prefetch_benchmark_all.csv", index=False)
+        section_replay(b, trace, budgets, models, args.quick)
+    df = vs_baseline(b.rows, "none")
     df.to_csv(out / "prefetch_benchmark.csv", index=False)
-    pd.set_option("display.width", 250)
-    pd.set_option("display.max_columns", 40)
     if "trained" in sections and len(df):
         rec = trained_recall(df, out)
         rec.to_csv(out / "prediction_recall_by_layer.csv")
         print("\n== per-layer prediction_topk_recall, trained model, decode steps")
         print(rec.to_string(float_format="%.3f"))
-    cols = [c for c in KEYS + METRICS if c in df]
-    for section, part in df.groupby("section", sort=False):
-        print(f"\n== {section}")
-        print(part[cols].drop(columns="section").to_string(index=False, float_format="%.4g"))
+    print_tables(df, KEYS, METRICS)
 
 
 if __name__ == "__main__":

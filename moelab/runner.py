@@ -25,7 +25,14 @@ from tqdm.auto import tqdm
 from moelab.core import registry
 from moelab.core.errors import ConfigError, MoelabError
 from moelab.metrics.perplexity import perplexity
-from moelab.metrics.summary import prediction_metrics, run_metrics, step_table, token_agreement
+from moelab.metrics.summary import (
+    prediction_metrics,
+    run_metrics,
+    signal_metrics,
+    step_table,
+    token_agreement,
+    verify_metrics,
+)
 from moelab.models.build import ModelPlan, materialize, plan_model
 from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
@@ -143,6 +150,13 @@ def model_row(om: OffloadedModel) -> dict[str, Any]:
 
 def make_executor(om: OffloadedModel, budget: Budget, comps: Components) -> OffloadExecutor:
     kernels = {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}
+    if comps.balancer.needs_costs:  # measured once per machine and model shape, then cached
+        from moelab.offload.calibrate import cost_model
+
+        comps.balancer.set_costs(cost_model(om))
+    for part in (comps.cache, comps.balancer):  # components that rank by the prefetcher's utility share it
+        if hasattr(part, "share"):
+            part.share(comps.prefetch)
     return OffloadExecutor(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
                            comps.balancer)
 
@@ -222,6 +236,15 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                                   "routing=replay")
             batches, new_tokens = routing.workload(int(om.config.vocab_size))
             ppl_ids: list[int] = []  # the reference text's routing is not in the trace
+            script = routing.speculation()
+            if script and not hasattr(dec, "follow"):
+                raise ConfigError(f"the trace {routing.path} was recorded with speculative decoding: replay it with "
+                                  "decoding=speculative")
+            if hasattr(dec, "follow"):
+                if not script:
+                    raise ConfigError(f"the trace {routing.path} was recorded without speculative decoding: replay it "
+                                      "with decoding=autoregressive")
+                dec.follow(script)
             row.update(replay_trace=str(routing.path), prompts=sum(len(b) for b in batches), new_tokens=new_tokens,
                        batch=len(batches[0]))
         else:
@@ -264,6 +287,9 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             with tqdm(total=total, desc=f"run {row['run_id']}", unit="tok", disable=not c.get("progress", True),
                       leave=False) as bar:
                 gen = dec.generate(om, batches, new_tokens, on_tokens=bar.update)
+        for part in (dec, comps.balancer):  # acceptance of the timed pass, balancer solver counts
+            if hasattr(part, "stats"):
+                row.update(part.stats())
         tracer = tracers[0] if tracers else None
         if tracer is not None:
             tracer.close()
@@ -272,7 +298,9 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         steps = step_table(gen, timeline)
         metrics = run_metrics(gen, steps, timeline, executor.counters, executor.transfers.count,
                               executor.capacity, om.spec.expert_bytes, row.get("ref_tpot_median_ms"))
-        metrics.update(prediction_metrics(executor.counters))
+        metrics.update(prediction_metrics(executor.counters), **verify_metrics(gen, executor.counters),
+                       **signal_metrics(executor.counters),
+                       cpu_ms=executor.cpu_worker.busy_ms, cpu_wait_ms=executor.cpu_worker.wait_ms)
         executor.reset()
         with through_executor(om, executor, comps):
             ppl = perplexity(om, ppl_ids) if ppl_ids else NAN
@@ -302,7 +330,9 @@ def save_trace(tracer: TracingBackend, gen: Any, om: OffloadedModel, batches: li
     header = {"model": om.name, "architecture": om.config.model_type, "num_layers": int(om.config.num_hidden_layers),
               "moe_layers": list(om.spec.moe_layers), "num_experts": om.spec.num_experts, "top_k": om.spec.top_k,
               "prompts": [p for b in batches for p in b], "batch_size": len(batches[0]),
-              "max_new_tokens": new_tokens, "run_id": rid}
+              "max_new_tokens": new_tokens, "run_id": rid,
+              # per forward step: phase, tokens fed, tokens committed (speculative replay follows these)
+              "steps": [[s.step, s.phase, s.tokens, s.new_tokens] for s in gen.steps]}
     return tracer.save(Path(str(c.get("results_dir", "results"))) / experiment / rid / "trace.parquet", header)
 
 

@@ -100,6 +100,7 @@ class PrefetchRequest:
 
     key: ExpertKey
     priority: float = 0.0
+    fetch: bool = True  # False: a ranking hint only (keep it rather than others), not worth a copy yet
 
 
 class CacheView:

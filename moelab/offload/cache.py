@@ -23,6 +23,7 @@ class Slot:
     key: ExpertKey | None = None
     ready: Any = None  # mark of the copy's end; None once known complete (or never copied)
     last_use: Any = None  # mark after the last computation that read the slot
+    copy_end: Any = None  # mark of the last copy into the slot (kept across rebinding: copies may race)
     prefetched: bool = False  # filled by a prefetch ...
     used: bool = False  # ... and read since
 

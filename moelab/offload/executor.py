@@ -31,6 +31,7 @@ from moelab.core.types import (
 )
 from moelab.offload.cache import GpuExpertCache, Slot
 from moelab.offload.clock import clock_for
+from moelab.offload.cpu_worker import CpuExpertWorker
 from moelab.offload.kernels import ExpertKernel
 from moelab.offload.store import ExpertStore
 from moelab.offload.timeline import Timeline, TimelineRecorder
@@ -59,6 +60,9 @@ class ExecutorCounters:
     # decode-phase prediction scores per layer: [experts predicted and used, experts used, experts predicted,
     # layer calls with a prediction]; the router's true choice counts, also under speculative execution
     recall: dict[int, list[int]] = field(default_factory=dict)
+    # verification passes: (step, layer, experts of the pass's first token, tokens per expert over the pass):
+    # the binary signal an autoregressive step would see vs the speculative frequency map (MoE-SpAc)
+    signals: list[tuple[int, int, tuple[int, ...], dict[int, int]]] = field(default_factory=list)
     decode_layer_calls: int = 0
     spec_pairs: int = 0  # (token, k) pairs run under speculative execution ...
     spec_changed: int = 0  # ... of which the executed expert is not the router's choice
@@ -90,7 +94,7 @@ class OffloadExecutor:
         # A grouped GEMM pays ~1 us per group, empty or not, and a launch for each call: slots
         # of one layer closer than this many empty slots share a call.
         self.max_slot_gap = 8
-        self.cpu_worker: Any = None  # seam for CPU expert computation (balancers that place experts on the CPU)
+        self.cpu_worker = CpuExpertWorker(store, kernels)  # for balancers that place experts on the CPU
         # Filled by moelab.models.lookahead: the routers' full logits (for speculative execution), and the
         # predictions computed while a layer runs, read by that layer's one sync.
         self.router_logits: dict[int, torch.Tensor] = {}
@@ -112,11 +116,13 @@ class OffloadExecutor:
         self.recorder = TimelineRecorder(self.clock, self._compute_stream())
         self.transfers.reset(self.recorder)
         self.counters = ExecutorCounters()
+        self.cpu_worker.reset()
         self._step: StepInfo | None = None
         self._step_no = -1
         self._staged: dict[int, list[tuple[int, torch.Tensor]]] = {}  # source layer -> (target, ranked [T, k'])
         self._requested: dict[int, dict[int, float]] = {}  # layer -> expert -> priority, since the layer last ran
         self._candidates: dict[int, list[list[int]]] = {}  # layer -> per-token predicted experts
+        self._plan: dict[ExpertKey, float] = {}  # the policy's latest requests (resident ones too) by priority
         self.router_logits = {}
 
     @property
@@ -150,14 +156,35 @@ class OffloadExecutor:
         return tl
 
     # ------------------------------------------------------------------ slots
-    def _allocate(self, key: ExpertKey, pinned: set[ExpertKey]) -> Slot | None:
-        """A slot for `key`: a free one, else the cache policy's victim among unpinned residents."""
+    def _allocate(self, key: ExpertKey, pinned: set[ExpertKey], below: float | None = None) -> Slot | None:
+        """A slot for `key`: a free one, else a victim among unpinned residents.
+
+        The policy's latest plan (its last prefetch requests) ranks victims in one space with its prefetches:
+        experts it does not want go first (the cache policy picks among them); then the one it wants least.
+        A prefetch of priority `below` only evicts the least wanted resident, and only if that one is wanted
+        less than itself and not in use now; else it waits (an early prefetch must not cost an extra copy
+        later: with the oracle's plan this is Belady's rule with prefetching).
+        """
         slot = self.cache.free_slot()
         if slot is None:
-            candidates = [k for k in self.cache.table if k not in pinned]
-            if not candidates:
-                return None
-            victim = self.cache_policy.victim(candidates)
+            cold = [k for k in self.cache.table if k not in self._plan]
+            if below is not None:  # a prefetch waits rather than evict anything but the least wanted resident
+                if cold:
+                    cold = [k for k in cold if k not in pinned]
+                    if not cold:
+                        return None
+                else:
+                    least = min(self.cache.table, key=self._plan.__getitem__)
+                    if least in pinned or self._plan[least] >= below:
+                        return None
+            cold = [k for k in cold if k not in pinned]
+            if cold:
+                victim = self.cache_policy.victim(cold)
+            else:
+                warm = [k for k in self.cache.table if k not in pinned]
+                if not warm:
+                    return None
+                victim = min(warm, key=self._plan.__getitem__)
             slot = self.cache.lookup(victim)
             assert slot is not None
             if slot.prefetched and not slot.used:
@@ -182,16 +209,19 @@ class OffloadExecutor:
     def _prefetch(self, requests: Sequence[PrefetchRequest], pinned: set[ExpertKey]) -> None:
         if requests:
             self.transfers.submit(requests)
+            self._plan = {}  # the latest plan replaces the last
             for r in requests:
+                self._plan[r.key] = max(r.priority, self._plan.get(r.key, r.priority))
+            for r in requests:
+                if not r.fetch:
+                    continue
                 wanted = self._requested.setdefault(r.key.layer, {})
                 wanted[r.key.expert] = max(r.priority, wanted.get(r.key.expert, r.priority))
         if not self.transfers.queue:
             return
-        # a prefetch never evicts an expert the same plan wants at least as much (prefetch and eviction agree)
-        wanted = [(r.priority, r.key) for r in self.transfers.queue if r.key in self.cache.table]
 
         def allocate(key: ExpertKey, priority: float) -> Slot | None:
-            slot = self._allocate(key, pinned | {k for p, k in wanted if p >= priority})
+            slot = self._allocate(key, pinned, below=priority)
             if slot is not None:
                 self.cache_policy.on_insert(key)
             return slot
@@ -226,8 +256,9 @@ class OffloadExecutor:
     def _score(self, layer: int, phase: str, true_experts: set[int]) -> dict[int, float] | None:
         """Compare what the policy asked for, for this layer, with what the router chose."""
         wanted = self._requested.pop(layer, None)
-        self.counters.decode_layer_calls += phase == "decode"
-        if wanted is not None and phase == "decode":
+        after_prefill = phase in ("decode", "verify")
+        self.counters.decode_layer_calls += after_prefill
+        if wanted is not None and after_prefill:
             acc = self.counters.recall.setdefault(layer, [0, 0, 0, 0])
             acc[0] += len(true_experts & wanted.keys())
             acc[1] += len(true_experts)
@@ -316,12 +347,18 @@ class OffloadExecutor:
             pos += ranked.numel()
             predictions.append((target, [flat[i : i + width] for i in range(0, len(flat), width)]))
         counts = Counter(chosen)
+        if info.phase == "verify":
+            k = top_k_index.shape[1]
+            self.counters.signals.append((info.step, layer, tuple(sorted(set(true_choice[:k]))),
+                                          dict(Counter(true_choice))))
         experts = sorted(counts)
         ncounts = [counts[e] for e in experts]
         self.counters.routing.append((info.step, layer, tuple(experts)))
         event = RoutingEvent(info.step, layer, info.phase, hidden.shape[0], tuple(experts), tuple(ncounts))
         view = self.view()
         requests = list(self.prefetch.on_routing(event, view))
+        if hasattr(self.cache_policy, "observe"):
+            self.cache_policy.observe(event)
         if predictions:
             requests += self._dispatch(predictions, layer)
         placement = self.balancer.assign(layer, experts, ncounts, view)
@@ -329,14 +366,15 @@ class OffloadExecutor:
         batch = _LayerBatch(hidden, top_k_index, top_k_weights, experts, ncounts, self._out_dtype(top_k_weights))
         cpu = [e for e in experts if placement.get(e, Placement.GPU) is Placement.CPU]
         gpu = [e for e in experts if placement.get(e, Placement.GPU) is not Placement.CPU]
-        if cpu:
-            if self.cpu_worker is None:
-                raise RuntimeError(
-                    f"balancer {type(self.balancer).__name__} placed experts on the CPU but there is no CPU worker"
-                )
-            self.cpu_worker.run(layer, cpu, batch)
-            self.counters.cpu_uses += sum(counts[e] for e in cpu)
+        job = None
+        if cpu:  # started first: the CPU computes while this thread issues the GPU work of the layer
+            job = self.cpu_worker.submit(layer, cpu, batch)
+            self.counters.cpu_uses += len(cpu)
         self._run_gpu_experts(layer, gpu, batch, requests)
+        if job is not None:
+            self.cpu_worker.finish(job, batch)
+        if self.transfers.queue:  # this layer's experts are free to go now: prefetches that waited may start
+            self._prefetch((), pinned=set())
         return batch.combine()
 
     def _out_dtype(self, routing: torch.Tensor) -> torch.dtype:

@@ -1,4 +1,4 @@
-"""TransferEngine: host-to-device copies of experts on a dedicated copy stream.
+"""TransferEngine: host-to-device copies of experts on dedicated copy streams (prefetch, demand).
 
 Demand fetches are issued at once; prefetch requests wait in a priority queue that the
 policy may rewrite until they are issued. Issued copies cannot be recalled; their end
@@ -24,7 +24,10 @@ class TransferEngine:
         self.cache = cache
         self.recorder = recorder
         self.device = device
+        # Prefetches and demand fetches go on separate copy streams: an issued prefetch cannot be recalled, and
+        # a demand fetch queued behind it on one stream would wait for all of it (it shares the link instead).
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.demand_stream = torch.cuda.Stream(device, priority=-1) if device.type == "cuda" else None
         self.queue: list[PrefetchRequest] = []
         self.bytes = {"demand": 0, "prefetch": 0}
         self.count = {"demand": 0, "prefetch": 0}
@@ -48,13 +51,17 @@ class TransferEngine:
             # A synchronous copy stops compute: a demand copy is a stall, a prefetch one host time.
             (rec.stall if cause == "demand" else rec.gap)(start, end)
         else:
-            with torch.cuda.stream(self.copy_stream):
+            stream = self.demand_stream if cause == "demand" else self.copy_stream
+            with torch.cuda.stream(stream):
                 if slot.last_use is not None:
-                    self.copy_stream.wait_event(slot.last_use)  # never overwrite weights compute still reads
-                start = rec.mark(self.copy_stream)
+                    stream.wait_event(slot.last_use)  # never overwrite weights compute still reads
+                if slot.copy_end is not None:
+                    stream.wait_event(slot.copy_end)  # nor a copy still landing from the other stream
+                start = rec.mark(stream)
                 for name, t in dst.items():
                     t.copy_(src[name], non_blocking=True)
-                end = rec.mark(self.copy_stream)
+                end = rec.mark(stream)
+        slot.copy_end = None if self.copy_stream is None else end
         nbytes = self.store.expert_bytes
         rec.copy(key, nbytes, cause, step, start, end)
         self.bytes[cause] += nbytes
@@ -65,7 +72,7 @@ class TransferEngine:
         """Replace the not-yet-issued queue: the latest prediction wins."""
         best: dict[ExpertKey, PrefetchRequest] = {}
         for r in requests:
-            if r.key not in best or r.priority > best[r.key].priority:
+            if r.fetch and (r.key not in best or r.priority > best[r.key].priority):
                 best[r.key] = r
         self.queue = sorted(best.values(), key=lambda r: -r.priority)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from moelab.core.cost import CostModel
 from moelab.core.types import (
     CacheView,
     ExpertKey,
@@ -72,12 +73,21 @@ class CachePolicy:
         """One of `candidates` (all resident, none needed right now) to evict."""
         raise NotImplementedError
 
+    # Optional: `observe(event)` sees every routing event (for policies that rank by usage), and
+    # `share(prefetch)` is called once with the run's prefetch policy (to read the same estimator).
+
 
 class Balancer:
     """Decides, per needed expert, whether it runs on the GPU (cached or fetched) or on the CPU."""
 
+    # Balancers that compare paths get the machine's measured CostModel (moelab.calibrate) before the run.
+    needs_costs: bool = False
+
     def reset(self, spec: ModelSpec) -> None:
         self.spec = spec
+
+    def set_costs(self, costs: CostModel) -> None:
+        self.costs = costs
 
     def assign(
         self, layer: int, experts: Sequence[int], counts: Sequence[int], cache: CacheView

@@ -15,7 +15,9 @@ Mapping (documented choices):
     over the source's full ranking (an ordered pair of source experts).
 - weights: the source's if k is the same, else uniform 1/k (weights scale outputs, not transfers).
 - workload: the trace's prompts (token ids modulo the vocabulary), batch size and new tokens, so the
-  steps line up one to one with the recording.
+  steps line up one to one with the recording. A trace of speculative decoding is replayed by speculative
+  decoding that proposes and accepts exactly the recorded numbers of tokens per verification pass (the
+  header's `steps`), so each pass routes as many tokens as the recorded one.
 
 Valid under replay: every policy that decides from routing events (none, ar_binary, lru, lfu, spac
 frequency maps, oracle/belady from the replayed trace). Predictors that read hidden states (qhs, mlp)
@@ -72,6 +74,11 @@ class ReplayRouting:
         for (step, layer), g in df.groupby(["step", "layer"], sort=True):
             self._by_step.setdefault(int(step), {})[int(layer)] = g.sort_values("pos")
         self.steps = sorted(self._by_step)
+
+    def speculation(self) -> list[tuple[int, int]]:
+        """(draft tokens proposed, accepted) of each verification pass of a speculative recording, in order."""
+        return [(int(tokens) - 1, int(new) - 1) for _, phase, tokens, new in self.header.get("steps", [])
+                if phase == "verify"]
 
     def workload(self, vocab_size: int) -> tuple[list[list[list[int]]], int]:
         """Batches and new tokens that reproduce the recording's steps."""

@@ -1,0 +1,121 @@
+"""MoE-SpAc benchmark: speculative decoding as the lookahead sensor, CPU/GPU balancing and utility caching,
+against autoregressive and SD-based baselines, side by side in one process at one GPU budget.
+
+    python benchmarks/spac.py --ckpt checkpoints/code_moe                 # on the GPU machine
+    python benchmarks/spac.py --quick                                     # tiny random models, runs anywhere
+
+Sections (rows print as they finish; the tables are printed last and written to --out):
+  trained  moelab's trained pair (code_moe target + its dense draft): every configuration below with native
+           routing and real acceptance; records the autoregressive and speculative (gamma 2/4/8) traces.
+  replay   Mixtral-8x7B / Qwen3-30B-A3B shapes (random weights, real expert sizes) replaying those traces:
+           each verification pass routes the recorded tokens with the recorded acceptance, so transfers have
+           real sizes while routing and acceptance are the trained pair's. A small random dense draft runs on
+           the GPU (its cost is real, its proposals are replaced by the recorded acceptance).
+Configurations: ar (autoregressive, on-demand LRU: the standard baseline), ar+ar_binary, sd (speculative,
+on-demand LRU: the SD-based baseline), sd+cpu_cold (Fiddler's rule), spac (spac prefetch + utility cache +
+spac balancer), and ablations spac-no-utility (cache=lru), spac-no-balancer (balancer=gpu_only),
+spac-residency (MoE-SpAc's released code: resident on GPU, rest on CPU), spac gamma 2 and 8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import ROOT, Bench, print_tables, quick_shapes, vs_baseline  # noqa: E402
+
+KEYS = ["section", "model", "budget", "policy"]
+METRICS = ["tpot_ms", "tokens_per_s", "vs_sd", "vs_ar", "acceptance_rate", "mean_accepted_len", "hit_rate",
+           "cpu_share", "h2d_mib_demand", "h2d_mib_prefetch", "h2d_mib_wasted", "stall_share", "overlap",
+           "cpu_ms", "unique_experts_per_verify", "signal_binary_recall", "signal_freq_recall",
+           "signal_freq_at_k_recall", "signal_binary_precision", "signal_freq_precision", "prediction_topk_recall",
+           "token_agreement"]
+SD = ["decoding=speculative"]
+CONFIGS: list[tuple[str, str, list[str]]] = [  # label, trace kind (for replay), overrides
+    ("ar", "ar", ["policy=on_demand"]),
+    ("ar+ar_binary", "ar", ["policy=ar_binary"]),
+    ("sd", "g4", [*SD, "prefetch=none", "cache=lru", "balancer=gpu_only"]),
+    ("sd+cpu_cold", "g4", [*SD, "prefetch=none", "cache=lru", "balancer=cpu_cold"]),
+    ("spac", "g4", ["policy=spac"]),
+    ("spac-no-utility", "g4", ["policy=spac", "cache=lru"]),
+    ("spac-no-balancer", "g4", ["policy=spac", "balancer=gpu_only"]),
+    ("spac-residency", "g4", ["policy=spac", "balancer=residency"]),
+    ("spac g=2", "g2", ["policy=spac", "decoding.gamma=2"]),
+    ("spac g=8", "g8", ["policy=spac", "decoding.gamma=8"]),
+]
+RECORD = {"ar": "ar", "sd": "g4", "spac g=2": "g2", "spac g=8": "g8"}  # configs whose trained run records a trace
+REPLAY_MODELS = [("mixtral", 4), ("qwen3_moe", 12)]
+REPLAY_DRAFT = ["decoding.draft.path=null", "decoding.draft.config.hidden_size=1024",
+                "decoding.draft.config.intermediate_size=2816", "decoding.draft.config.num_hidden_layers=2",
+                "decoding.draft.config.num_attention_heads=8", "decoding.draft.config.num_key_value_heads=8"]
+
+
+def section_trained(b: Bench, ckpt: str | None, budget: float, new_tokens: int, traces: Path) -> None:
+    if ckpt:
+        model = ["model=code_moe", f"model.path={ckpt}/target", f"decoding.draft.path={ckpt}/draft"]
+    else:
+        model = ["model=tiny"]
+    for label, _, over in CONFIGS:
+        extra = ["record_trace=true"] if label in RECORD else []
+        uses_sd = any(o.startswith("decoding=") or o == "policy=spac" for o in over)
+        draft = model[2:] if uses_sd else []
+        r = b.run("trained", label, budget, [*model[:2], *over, *draft, *extra,
+                                             f"workload.max_new_tokens={new_tokens}"])
+        if label in RECORD and r.get("trace_path"):
+            shutil.copy(r["trace_path"], traces / f"trace_{RECORD[label]}.parquet")
+
+
+def section_replay(b: Bench, budget: float, traces: Path, models: list[tuple[str, int]], quick: bool) -> None:
+    for preset, layers in models:
+        base = [f"model={preset}", f"model.num_layers={layers}", "routing=replay"]
+        if quick:
+            base += quick_shapes(preset)
+        for label, kind, over in CONFIGS:
+            trace = traces / f"trace_{kind}.parquet"
+            if not trace.exists():
+                print(f"skip {preset} {label}: no {trace.name}", flush=True)
+                continue
+            uses_sd = kind != "ar"
+            b.run("replay", label, budget, [*base, f"routing.trace={trace}", *over,
+                                            *(REPLAY_DRAFT if uses_sd and not quick else [])])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ckpt", default=str(ROOT / "checkpoints" / "code_moe"), help="dir with target/ and draft/")
+    ap.add_argument("--out", default=str(ROOT / "results" / "bench_spac"))
+    ap.add_argument("--sections", default="trained,replay")
+    ap.add_argument("--traces", default=None, help="folder with trace_{ar,g2,g4,g8}.parquet (default: --out)")
+    ap.add_argument("--replay-models", default=",".join(f"{m}:{n}" for m, n in REPLAY_MODELS))
+    ap.add_argument("--budget", type=float, default=0.25)
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--quick", action="store_true", help="tiny random models (CPU smoke test)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    traces = Path(args.traces) if args.traces else out
+    print(f"device: {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}, torch {torch.__version__}",
+          flush=True)
+    b = Bench(out, device, "bench_spac", METRICS)
+    sections = args.sections.split(",")
+    if "trained" in sections:
+        section_trained(b, None if args.quick else args.ckpt, args.budget, 6 if args.quick else args.new_tokens, out)
+    if "replay" in sections:
+        models = [(m, int(n)) for m, n in (x.split(":") for x in args.replay_models.split(","))]
+        section_replay(b, args.budget, traces, models, args.quick)
+    df = vs_baseline(b.rows, "sd")
+    df = df.merge(vs_baseline(b.rows, "ar")[["section", "model", "budget", "policy", "vs_ar"]],
+                  on=["section", "model", "budget", "policy"], how="left")
+    df.to_csv(out / "spac_benchmark.csv", index=False)
+    print_tables(df, KEYS, METRICS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""CpuExpertWorker: experts computed in place from the host copy of their weights (no transfer).
+
+Fiddler's and MoE-SpAc's other path: when moving an expert costs more than running it where it lives,
+the CPU runs it. The worker takes the tokens routed to its experts (one device-to-host copy per layer),
+computes them on a thread of its own (torch's CPU kernels release the GIL, so the GPU work of the same
+layer is issued meanwhile) with the same kernel the GPU path uses, and hands the outputs back to be
+weighted and summed exactly as GPU results are. Timings are host wall clock.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from moelab.offload.kernels import ExpertKernel
+from moelab.offload.store import ExpertStore
+
+
+@dataclass
+class CpuJob:
+    layer: int
+    experts: list[int]
+    rows: torch.Tensor  # the (token, k) rows of these experts in the layer batch, on the compute device
+    future: Future
+    submitted: float
+
+
+class CpuExpertWorker:
+    def __init__(self, store: ExpertStore, kernels: dict[int, ExpertKernel], threads: int | None = None):
+        self.store = store
+        self.kernels = kernels
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moelab-cpu-experts")
+        self.reset()
+
+    def reset(self) -> None:
+        self.busy_ms = 0.0  # time the worker spent computing
+        self.wait_ms = 0.0  # time the compute stream's host thread waited for it
+        self.tokens = 0
+
+    def _compute(self, layer: int, experts: list[int], counts: list[int], x: torch.Tensor) -> torch.Tensor:
+        t0 = time.perf_counter()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        kernel = self.kernels[layer]
+        out = torch.empty(x.shape[0], x.shape[1], dtype=self.store.layout.tensors[0].dtype)
+        start = 0
+        for e, n in zip(experts, counts):
+            w = {name: t.unsqueeze(0) for name, t in self.store.expert(layer, e).items()}
+            offs = torch.tensor([n], dtype=torch.int32)
+            slots = torch.zeros(n, dtype=torch.long) if kernel.has_bias else None
+            out[start : start + n] = kernel(x[start : start + n], w, offs, slots, [n])
+            start += n
+        self.busy_ms += (time.perf_counter() - t0) * 1e3
+        return out
+
+    def submit(self, layer: int, experts: list[int], batch: Any) -> CpuJob:
+        """Start the CPU experts of one layer; `batch` is the executor's layer batch (rows grouped by expert)."""
+        idx = torch.cat([torch.arange(*batch.offsets[e]) for e in experts])
+        counts = [batch.offsets[e][1] - batch.offsets[e][0] for e in experts]
+        rows = idx.to(batch.hidden.device)
+        x = batch.routed[rows].to("cpu")  # waits for the device up to this layer's input
+        self.tokens += int(idx.numel())
+        fut = self.pool.submit(self._compute, layer, experts, counts, x)
+        return CpuJob(layer, experts, rows, fut, time.perf_counter())
+
+    def finish(self, job: CpuJob, batch: Any) -> None:
+        """Wait for the job and put its weighted outputs where the GPU path puts its own."""
+        t0 = time.perf_counter()
+        y = job.future.result()
+        self.wait_ms += (time.perf_counter() - t0) * 1e3
+        y = y.to(batch.hidden.device, non_blocking=False)
+        batch.rows[batch.perm[job.rows]] = y * batch.routed_w[job.rows].unsqueeze(-1)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)

@@ -1,0 +1,48 @@
+"""MoE-SpAc's eviction: the resident expert of lowest speculative utility goes first (LRU among equals)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from moelab.core.registry import register
+from moelab.core.types import ExpertKey, ModelSpec, RoutingEvent
+from moelab.policies.base import CachePolicy, PrefetchPolicy
+from moelab.policies.utility import UtilityEstimator
+
+
+@register("cache", "utility")
+class UtilityCache(CachePolicy):
+    """Reads the prefetcher's estimator when it has one (`prefetch=spac`: one utility space for both); else keeps
+    its own, fed by the same routing events, so `cache=utility` also works under other prefetchers."""
+
+    def __init__(self, mode: str = "counter", levels: int = 5, up_frac: float = 0.55, down: int = 1,
+                 beta: float = 0.7):
+        self.own = UtilityEstimator(mode, levels, up_frac, down, beta)
+        self.estimator = self.own
+
+    def share(self, prefetch: PrefetchPolicy) -> None:
+        self.estimator = getattr(prefetch, "estimator", None) or self.own
+
+    def reset(self, spec: ModelSpec, capacity: int) -> None:
+        super().reset(spec, capacity)
+        self.own.reset()
+        self._order: OrderedDict[ExpertKey, None] = OrderedDict()
+
+    def observe(self, event: RoutingEvent) -> None:
+        if self.estimator is self.own and event.phase != "prefill":
+            self.own.update(event.layer, dict(zip(event.experts, event.counts)), event.num_tokens)
+
+    def _touch(self, key: ExpertKey) -> None:
+        self._order[key] = None
+        self._order.move_to_end(key)
+
+    on_insert = _touch
+    on_access = _touch
+
+    def on_evict(self, key: ExpertKey) -> None:
+        self._order.pop(key, None)
+
+    def victim(self, candidates: Sequence[ExpertKey]) -> ExpertKey:
+        age = {k: i for i, k in enumerate(self._order)}
+        return min(candidates, key=lambda k: (self.estimator.utility(k), age.get(k, -1)))

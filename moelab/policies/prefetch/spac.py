@@ -1,0 +1,45 @@
+"""MoE-SpAc's prefetcher: bring the highest-utility experts in, in the same utility space eviction uses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from moelab.core.registry import register
+from moelab.core.types import CacheView, ExpertKey, ModelSpec, PrefetchRequest, RoutingEvent
+from moelab.policies.base import PrefetchPolicy
+from moelab.policies.utility import UtilityEstimator
+
+
+@register("prefetch", "spac")
+class SpacPrefetch(PrefetchPolicy):
+    """After each layer of each pass, update that layer's utilities from the pass's frequency map, then ask for
+    the `capacity` highest-utility experts (those above `threshold`) with priority = utility, ties broken by
+    how soon their layer runs next. The executor never lets a prefetch evict an expert wanted at least as
+    much, and the `utility` cache evicts the lowest utility: prefetch and eviction share one ranking.
+    With speculative decoding each pass verifies gamma+1 tokens, so the map counts tokens per expert (the
+    paper's lookahead sensor); with autoregressive decoding it degenerates to the binary signal."""
+
+    def __init__(self, mode: str = "counter", levels: int = 5, up_frac: float = 0.55, down: int = 1,
+                 beta: float = 0.7, threshold: float = 0.0):
+        self.estimator = UtilityEstimator(mode, levels, up_frac, down, beta)
+        self.threshold = float(threshold)
+
+    def reset(self, spec: ModelSpec) -> None:
+        super().reset(spec)
+        self.estimator.reset()
+        self.capacity: int | None = None
+
+    def on_routing(self, event: RoutingEvent, cache: CacheView) -> Sequence[PrefetchRequest]:
+        if event.phase == "prefill":  # a prompt's many tokens say little about the next pass
+            return ()
+        self.estimator.update(event.layer, dict(zip(event.experts, event.counts)), event.num_tokens)
+        layers = self.spec.moe_layers
+        pos = {layer: i for i, layer in enumerate(layers)}
+        here, n = pos[event.layer], len(layers)
+
+        def soon(key: ExpertKey) -> float:  # 1 for the next layer to run, falling to 0 for this layer in the next pass
+            return 1 - ((pos[key.layer] - here - 1) % n) / n
+
+        ranked = self.estimator.ranked(self.threshold)
+        requests = [PrefetchRequest(key, priority=u + 1e-3 * soon(key)) for u, key in ranked]
+        return sorted(requests, key=lambda r: -r.priority)[: cache.capacity]
