@@ -3,7 +3,7 @@
 # device command. Each stage packs its results into $OUT/stage<N>.tgz; a later stage that lands on a fresh
 # machine restores the earlier stages' results from .bench_in/ (unpack the returned tgz files there and carry it).
 #
-#   bash benchmarks/gpu_session.sh 1    # prefetch: trained model + Mixtral replay; SpAc: trained pair (+ traces)
+#   bash benchmarks/gpu_session.sh 1    # SpAc: trained pair (+ traces); prefetch: trained model + Mixtral replay
 #   bash benchmarks/gpu_session.sh 2    # prefetch: Qwen3 replay; SpAc: Mixtral replay
 #   bash benchmarks/gpu_session.sh 3    # SpAc: Qwen3 replay
 set -uo pipefail
@@ -13,15 +13,15 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" results
 if [ ! -d results/bench_prefetch ] && [ -d .bench_in/results ]; then cp -r .bench_in/results/. results/; fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case "$1" in
-  1) python benchmarks/prefetch.py --ckpt checkpoints/code_moe/target --replay-models mixtral:4 \
-         --out results/bench_prefetch 2>&1 | tee "$OUT/stage1_prefetch.log" | grep -v '^{'
-     python benchmarks/spac.py --ckpt checkpoints/code_moe --sections trained --out results/bench_spac \
-         2>&1 | tee "$OUT/stage1_spac.log" | grep -v '^{' ;;
-  2) python benchmarks/prefetch.py --sections replay --trace results/bench_prefetch/replay_trace.parquet \
+  1) timeout 200 python benchmarks/spac.py --ckpt checkpoints/code_moe --sections trained --out results/bench_spac \
+         2>&1 | tee "$OUT/stage1_spac.log" | grep -v '^{'
+     timeout 370 python benchmarks/prefetch.py --ckpt checkpoints/code_moe/target --replay-models mixtral:4 \
+         --out results/bench_prefetch 2>&1 | tee "$OUT/stage1_prefetch.log" | grep -v '^{' ;;
+  2) timeout 250 python benchmarks/prefetch.py --sections replay --trace results/bench_prefetch/replay_trace.parquet \
          --replay-models qwen3_moe:12 --out results/bench_prefetch_qwen3 2>&1 | tee "$OUT/stage2_prefetch.log" | grep -v '^{'
-     python benchmarks/spac.py --sections replay --traces results/bench_spac --replay-models mixtral:4 \
+     timeout 320 python benchmarks/spac.py --sections replay --traces results/bench_spac --replay-models mixtral:4 \
          --out results/bench_spac_mixtral 2>&1 | tee "$OUT/stage2_spac.log" | grep -v '^{' ;;
-  3) python benchmarks/spac.py --sections replay --traces results/bench_spac --replay-models qwen3_moe:12 \
+  3) timeout 560 python benchmarks/spac.py --sections replay --traces results/bench_spac --replay-models qwen3_moe:12 \
          --out results/bench_spac_qwen3 2>&1 | tee "$OUT/stage3_spac.log" | grep -v '^{' ;;
 esac
 tar czf "$OUT/stage$1.tgz" --exclude='*/predictors_d1/*' results/bench_* 2>/dev/null
