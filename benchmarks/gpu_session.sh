@@ -21,8 +21,12 @@ case "$1" in
          --replay-models qwen3_moe:12 --out results/bench_prefetch_qwen3 2>&1 | tee "$OUT/stage2_prefetch.log" | grep -v '^{'
      timeout 320 python benchmarks/spac.py --sections replay --traces results/bench_spac --replay-models mixtral:4 \
          --out results/bench_spac_mixtral 2>&1 | tee "$OUT/stage2_spac.log" | grep -v '^{' ;;
-  3) timeout 560 python benchmarks/spac.py --sections replay --traces results/bench_spac --replay-models qwen3_moe:12 \
-         --out results/bench_spac_qwen3 2>&1 | tee "$OUT/stage3_spac.log" | grep -v '^{' ;;
+  3) timeout 300 python benchmarks/spac.py --sections replay --traces results/bench_spac --replay-models qwen3_moe:12 \
+         --configs ar,sd,sd+cpu_cold,spac,spac-no-utility,spac-no-balancer --out results/bench_spac_qwen3 \
+         2>&1 | tee "$OUT/stage3_spac.log" | grep -v '^{'
+     timeout 250 python benchmarks/prefetch.py --sections replay --trace results/bench_prefetch/replay_trace.parquet \
+         --replay-models mixtral:4,qwen3_moe:12 --policies none,qhs,qhs+spec --out results/bench_prefetch_qhs \
+         2>&1 | tee "$OUT/stage3_prefetch.log" | grep -v '^{' ;;
 esac
-tar czf "$OUT/stage$1.tgz" --exclude='*/predictors_d1/*' results/bench_* 2>/dev/null
+tar czf "$OUT/stage$1.tgz" $(ls results/bench_*/*.csv results/bench_*/*.parquet results/bench_*/*.png 2>/dev/null)
 ls -la "$OUT"

@@ -78,14 +78,15 @@ def section_trained(b: Bench, model: list[str], budgets: tuple[float, ...], new_
 
 
 def section_replay(b: Bench, trace: str, budgets: tuple[float, ...], models: list[tuple[str, int]],
-                   quick: bool) -> None:
+                   quick: bool, only: set[str] | None = None) -> None:
     for preset, layers in models:
         base = [f"model={preset}", f"model.num_layers={layers}", "routing=replay", f"routing.trace={trace}"]
         if quick:
             base += quick_shapes(preset)
         for budget in budgets:
             for label, over in POLICIES:
-                b.run("replay", label, budget, [*base, *over])
+                if only is None or label in only:
+                    b.run("replay", label, budget, [*base, *over])
 
 
 def trained_recall(df: pd.DataFrame, out: Path) -> pd.DataFrame:
@@ -109,6 +110,7 @@ def main() -> None:
     ap.add_argument("--replay-models", default=",".join(f"{m}:{n}" for m, n in REPLAY_MODELS),
                     help="model presets and layer counts for the replay section")
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--policies", default=None, help="comma-separated labels to run in the replay section")
     ap.add_argument("--quick", action="store_true", help="tiny random models (CPU smoke test)")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
@@ -129,7 +131,7 @@ def main() -> None:
             trace = str(out / "replay_trace.parquet")
     if "replay" in sections and trace:
         models = [(m, int(n)) for m, n in (x.split(":") for x in args.replay_models.split(","))]
-        section_replay(b, trace, budgets, models, args.quick)
+        section_replay(b, trace, budgets, models, args.quick, set(args.policies.split(",")) if args.policies else None)
     df = vs_baseline(b.rows, "none")
     df.to_csv(out / "prefetch_benchmark.csv", index=False)
     if "trained" in sections and len(df):

@@ -70,12 +70,15 @@ def section_trained(b: Bench, ckpt: str | None, budget: float, new_tokens: int, 
             shutil.copy(r["trace_path"], traces / f"trace_{RECORD[label]}.parquet")
 
 
-def section_replay(b: Bench, budget: float, traces: Path, models: list[tuple[str, int]], quick: bool) -> None:
+def section_replay(b: Bench, budget: float, traces: Path, models: list[tuple[str, int]], quick: bool,
+                   only: set[str] | None = None) -> None:
     for preset, layers in models:
         base = [f"model={preset}", f"model.num_layers={layers}", "routing=replay"]
         if quick:
             base += quick_shapes(preset)
         for label, kind, over in CONFIGS:
+            if only is not None and label not in only:
+                continue
             trace = traces / f"trace_{kind}.parquet"
             if not trace.exists():
                 print(f"skip {preset} {label}: no {trace.name}", flush=True)
@@ -93,6 +96,7 @@ def main() -> None:
     ap.add_argument("--traces", default=None, help="folder with trace_{ar,g2,g4,g8}.parquet (default: --out)")
     ap.add_argument("--replay-models", default=",".join(f"{m}:{n}" for m, n in REPLAY_MODELS))
     ap.add_argument("--budget", type=float, default=0.25)
+    ap.add_argument("--configs", default=None, help="comma-separated labels to run in the replay section")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="tiny random models (CPU smoke test)")
     ap.add_argument("--device", default="auto")
@@ -109,7 +113,8 @@ def main() -> None:
         section_trained(b, None if args.quick else args.ckpt, args.budget, 6 if args.quick else args.new_tokens, out)
     if "replay" in sections:
         models = [(m, int(n)) for m, n in (x.split(":") for x in args.replay_models.split(","))]
-        section_replay(b, args.budget, traces, models, args.quick)
+        section_replay(b, args.budget, traces, models, args.quick,
+                       set(args.configs.split(",")) if args.configs else None)
     df = vs_baseline(b.rows, "sd")
     df = df.merge(vs_baseline(b.rows, "ar")[["section", "model", "budget", "policy", "vs_ar"]],
                   on=["section", "model", "budget", "policy"], how="left")

@@ -143,7 +143,11 @@ class ReplayBackend:
         """The trace's quasi-hidden-state prediction [T, k] for the MoE layer `distance` ahead of `layer`, mapped
         to this model's experts as the routing is."""
         rows = self.replay._by_step[self.replay.steps[self.cursor]].get(self.layer_map[layer])
-        col = f"pred_d{distance}"
+        # the replayed layers may skip or repeat source layers: predict the source layer the target replays
+        moe, src = list(self.spec.moe_layers), list(self.replay.header["moe_layers"])
+        target = moe[min(moe.index(layer) + distance, len(moe) - 1)]
+        src_d = src.index(self.layer_map[target]) - src.index(self.layer_map[layer])
+        col = f"pred_d{src_d}" if src_d > 0 else "ranking"  # same source layer: its own routing is the target's
         if rows is None or col not in rows or any(len(p) == 0 for p in rows[col]):
             raise ConfigError(f"the trace {self.replay.path} has no {col} predictions for layer {self.layer_map[layer]}"
                               f" (recorded lookahead: {self.replay.header.get('lookahead')})")
