@@ -5,7 +5,8 @@
 #
 #   bash benchmarks/gpu_session.sh 1    # SpAc: trained pair (+ traces); prefetch: trained model + Mixtral replay
 #   bash benchmarks/gpu_session.sh 2    # prefetch: Qwen3 replay; SpAc: Mixtral replay
-#   bash benchmarks/gpu_session.sh 3    # SpAc: Qwen3 replay
+#   bash benchmarks/gpu_session.sh 3    # SpAc: Qwen3 replay; qhs replays (Mixtral, Qwen3)
+#   bash benchmarks/gpu_session.sh 4    # all a fresh machine needs for stage 3, plus the budget-sweep figure
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source tools/device_env.sh
@@ -27,6 +28,18 @@ case "$1" in
      timeout 250 python benchmarks/prefetch.py --sections replay --trace results/bench_prefetch/replay_trace.parquet \
          --replay-models mixtral:4,qwen3_moe:12 --policies none,qhs,qhs+spec --out results/bench_prefetch_qhs \
          2>&1 | tee "$OUT/stage3_prefetch.log" | grep -v '^{' ;;
+  4) timeout 70 python benchmarks/spac.py --ckpt checkpoints/code_moe --sections trained --trained-configs ar,sd \
+         --out results/bench_spac 2>&1 | tee "$OUT/stage4_traces.log" | grep -v '^{'
+     timeout 170 python benchmarks/spac.py --sections replay --traces results/bench_spac --replay-models qwen3_moe:12 \
+         --configs ar,sd,sd+cpu_cold,spac,spac-no-utility,spac-no-balancer --out results/bench_spac_qwen3 \
+         2>&1 | tee "$OUT/stage4_spac.log" | grep -v '^{'
+     timeout 190 python benchmarks/prefetch.py --sections replay --trace results/bench_spac/trace_ar.parquet \
+         --replay-models mixtral:4,qwen3_moe:12 --policies none,qhs,qhs+spec --out results/bench_prefetch_qhs \
+         2>&1 | tee "$OUT/stage4_prefetch.log" | grep -v '^{'
+     timeout 110 python run.py -m +experiment=budget_sweep model=mixtral model.num_layers=4 policy=on_demand,qhs,oracle \
+         budget.fraction=0.25,0.5 results_dir=results/sweep 2>&1 | tail -25 | tee "$OUT/stage4_sweep.log"
+     MOELAB_RESULTS=results/sweep python notebooks/budget_sweep.py 2>&1 | tail -3
+     cp results/sweep/figures/budget_sweep.png "$OUT/" 2>/dev/null ;;
 esac
-tar czf "$OUT/stage$1.tgz" $(ls results/bench_*/*.csv results/bench_*/*.parquet results/bench_*/*.png 2>/dev/null)
+tar czf "$OUT/stage$1.tgz" $(ls results/bench_*/*.csv results/bench_*/*.png results/sweep/*/runs.parquet 2>/dev/null)
 ls -la "$OUT"

@@ -66,6 +66,8 @@ def vs_baseline(rows: list[dict[str, Any]], baseline: str, keys: tuple[str, ...]
                 col: str = "tpot_ms") -> pd.DataFrame:
     """The ok rows, with `vs_<baseline>` = col / the baseline row's col in the same (section, model, budget)."""
     df = pd.DataFrame(rows)
+    if df.empty or "status" not in df or col not in df:
+        return pd.DataFrame(columns=[*keys, "policy", f"vs_{baseline}"])
     ok = df[df.status == "ok"].copy()
     base = ok[ok.policy == baseline].drop_duplicates(list(keys)).set_index(list(keys))[col]
     ok[f"vs_{baseline}"] = [base.get(tuple(k), float("nan")) for k in zip(*(ok[c] for c in keys))]

@@ -55,12 +55,15 @@ REPLAY_DRAFT = ["decoding.draft.path=null", "decoding.draft.config.hidden_size=1
                 "decoding.draft.config.num_attention_heads=8", "decoding.draft.config.num_key_value_heads=8"]
 
 
-def section_trained(b: Bench, ckpt: str | None, budget: float, new_tokens: int, traces: Path) -> None:
+def section_trained(b: Bench, ckpt: str | None, budget: float, new_tokens: int, traces: Path,
+                    only: set[str] | None = None) -> None:
     if ckpt:
         model = ["model=code_moe", f"model.path={ckpt}/target", f"decoding.draft.path={ckpt}/draft"]
     else:
         model = ["model=tiny"]
     for label, _, over in CONFIGS:
+        if only is not None and label not in only:
+            continue
         extra = ["record_trace=true"] if label in RECORD else []
         uses_sd = any(o.startswith("decoding=") or o == "policy=spac" for o in over)
         draft = model[2:] if uses_sd else []
@@ -97,6 +100,7 @@ def main() -> None:
     ap.add_argument("--replay-models", default=",".join(f"{m}:{n}" for m, n in REPLAY_MODELS))
     ap.add_argument("--budget", type=float, default=0.25)
     ap.add_argument("--configs", default=None, help="comma-separated labels to run in the replay section")
+    ap.add_argument("--trained-configs", default=None, help="comma-separated labels to run in the trained section")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="tiny random models (CPU smoke test)")
     ap.add_argument("--device", default="auto")
@@ -110,14 +114,16 @@ def main() -> None:
     b = Bench(out, device, "bench_spac", METRICS)
     sections = args.sections.split(",")
     if "trained" in sections:
-        section_trained(b, None if args.quick else args.ckpt, args.budget, 6 if args.quick else args.new_tokens, out)
+        section_trained(b, None if args.quick else args.ckpt, args.budget, 6 if args.quick else args.new_tokens, out,
+                        set(args.trained_configs.split(",")) if args.trained_configs else None)
     if "replay" in sections:
         models = [(m, int(n)) for m, n in (x.split(":") for x in args.replay_models.split(","))]
         section_replay(b, args.budget, traces, models, args.quick,
                        set(args.configs.split(",")) if args.configs else None)
     df = vs_baseline(b.rows, "sd")
-    df = df.merge(vs_baseline(b.rows, "ar")[["section", "model", "budget", "policy", "vs_ar"]],
-                  on=["section", "model", "budget", "policy"], how="left")
+    if len(df):
+        df = df.merge(vs_baseline(b.rows, "ar")[["section", "model", "budget", "policy", "vs_ar"]],
+                      on=["section", "model", "budget", "policy"], how="left")
     df.to_csv(out / "spac_benchmark.csv", index=False)
     print_tables(df, KEYS, METRICS)
 

@@ -338,10 +338,13 @@ def save_trace(tracer: TracingBackend, gen: Any, om: OffloadedModel, batches: li
 
 def _record(row: dict[str, Any], steps: Any, logger: Any, c: Mapping[str, Any]) -> None:
     """Write the row even when the run failed before its logger was built."""
+    row.setdefault("model_loads", MODELS.loads)  # models this process has loaded so far: a sweep's runs share one
     if logger is None:
         from moelab.loggers.local import LocalLogger
 
-        logger = LocalLogger(results_dir=str(c.get("results_dir", "results")), console=False)
+        logger_cfg = c.get("logger") if isinstance(c.get("logger"), Mapping) else {}
+        logger = LocalLogger(results_dir=str(c.get("results_dir", "results")), console=False,
+                             row_files=bool(logger_cfg.get("row_files", False)))
     try:
         logger.log_run(row, steps)
     except Exception as e:  # recording must never hide the run's own error
@@ -349,25 +352,42 @@ def _record(row: dict[str, Any], steps: Any, logger: Any, c: Mapping[str, Any]) 
 
 
 def run_from_hydra(cfg: DictConfig) -> float | None:
-    """Hydra task: a bad input ends a single run with one line; in a sweep it is recorded and skipped."""
+    """Hydra task: a bad input ends a single run with one line; in a sweep it is recorded and skipped.
+
+    In a sweep, a run whose config already has an `ok` row in its experiment is not run again (so the
+    same command finishes an interrupted sweep); `+rerun=true` runs it anyway. Single runs always run.
+    """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
+
+    from moelab import sweep
 
     try:
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     except ValueError:
         multirun = False
+    rid, done = sweep.previous_run(cfg) if multirun else (None, None)
+    if done is not None:
+        sweep.note("skipped", rid)
+        print(f"skipped run {rid}: already ok in {cfg.get('results_dir')}/{cfg.get('experiment_name')} "
+              "(+rerun=true runs it again)", flush=True)
+        return sweep.objective(done)
     try:
         row = run(cfg)
+        sweep.note(str(row.get("status")), rid)
         return row.get("tpot_ms")
     except MoelabError as e:
+        sweep.note("failed", rid)
         print(f"error: {e}", file=sys.stderr)
         if multirun:
             return None
         sys.exit(2)
-    except KeyboardInterrupt:
-        raise
+    except KeyboardInterrupt:  # the run is recorded as interrupted; rows of finished runs are untouched
+        print("\ninterrupted" + ("; finished runs keep their rows, the same command resumes the sweep" if multirun
+                                 else "; recorded as interrupted"), file=sys.stderr)
+        sys.exit(130)
     except Exception as e:
+        sweep.note("failed", rid)
         if multirun:
             print(f"run failed ({type(e).__name__}: {e}); recorded as failed, sweep continues", file=sys.stderr)
             traceback.print_exc()

@@ -118,3 +118,24 @@ def test_missing_or_invalid_trace(tmp_path):
         ReplayRouting(str(tmp_path / "x.parquet"))
     with pytest.raises(ConfigError, match="routing.trace"):
         ReplayRouting(None)
+
+
+@pytest.mark.parametrize("layers", [2, 6])
+def test_replayed_prediction_targets_the_source_layer_the_target_replays(tmp_path, layers):
+    """4 recorded layers replayed into 2 (0, 2 of the source) or 6 (0, 0, 1, 2, 2, 3): the d=1 prediction of a
+    replayed layer is the recording's prediction for the source layer its successor replays (pred_d2 when a
+    source layer is skipped, the source layer's own ranking when it repeats)."""
+    _, _, path = record(tmp_path, arch="mixtral", layers=4, num_local_experts=8)
+    replay = ReplayRouting(str(path))
+    om = offloaded_copy(tiny_hf_model("mixtral", num_local_experts=8, num_hidden_layers=layers))
+    backend = replay.wrap(make_executor(om, 16), om)
+    backend.cursor = 0
+    header, df = read_trace(path)
+    step0 = df[df.step == 0]
+    moe = list(om.spec.moe_layers)
+    for i, layer in enumerate(moe[:-1]):
+        src, nxt = backend.layer_map[layer], backend.layer_map[moe[i + 1]]
+        rows = step0[step0.layer == src].sort_values("pos")
+        col = f"pred_d{nxt - src}" if nxt > src else "ranking"
+        expected = [list(p[:2]) for p in rows[col]]
+        assert backend.predicted(layer, 1, 2, "cpu").tolist() == expected

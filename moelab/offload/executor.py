@@ -167,20 +167,16 @@ class OffloadExecutor:
         """
         slot = self.cache.free_slot()
         if slot is None:
-            cold = [k for k in self.cache.table if k not in self._plan]
-            if below is not None:  # a prefetch waits rather than evict anything but the least wanted resident
-                if cold:
-                    cold = [k for k in cold if k not in pinned]
-                    if not cold:
-                        return None
-                else:
-                    least = min(self.cache.table, key=self._plan.__getitem__)
-                    if least in pinned or self._plan[least] >= below:
-                        return None
-            cold = [k for k in cold if k not in pinned]
-            if cold:
-                victim = self.cache_policy.victim(cold)
-            else:
+            plan = self._plan
+            victim = self.cache_policy.victim_where(lambda k: k not in plan and k not in pinned, self.cache.table)
+            if victim is None and below is not None:  # a prefetch evicts only the least wanted resident
+                if any(k not in plan for k in self.cache.table):  # unwanted ones exist but are in use: wait
+                    return None
+                least = min(self.cache.table, key=plan.__getitem__)
+                if least in pinned or plan[least] >= below:
+                    return None
+                victim = least
+            if victim is None:
                 warm = [k for k in self.cache.table if k not in pinned]
                 if not warm:
                     return None

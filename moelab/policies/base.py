@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from moelab.core.cost import CostModel
 from moelab.core.types import (
@@ -72,6 +72,12 @@ class CachePolicy:
     def victim(self, candidates: Sequence[ExpertKey]) -> ExpertKey:
         """One of `candidates` (all resident, none needed right now) to evict."""
         raise NotImplementedError
+
+    def victim_where(self, allowed: Callable[[ExpertKey], bool], resident: Collection[ExpertKey]) -> ExpertKey | None:
+        """The victim among the `resident` experts that `allowed` accepts, or None if there is none. Policies with
+        an order of their own override it to stop at the first acceptable key instead of listing them all."""
+        candidates = [k for k in resident if allowed(k)]
+        return self.victim(candidates) if candidates else None
 
     # Optional: `observe(event)` sees every routing event (for policies that rank by usage), and
     # `share(prefetch)` is called once with the run's prefetch policy (to read the same estimator).

@@ -17,7 +17,8 @@ import transformers
 import moelab
 
 # Keys that name where results go or how they are shown; they do not change what a run measures.
-NON_IDENTIFYING = ("experiment_name", "experiment", "results_dir", "logger", "progress", "rerun", "hydra")
+# (`label` is a run's display name in figures, set by experiment variants.)
+NON_IDENTIFYING = ("experiment_name", "experiment", "results_dir", "logger", "progress", "rerun", "hydra", "label")
 
 
 def flatten(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

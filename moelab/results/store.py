@@ -2,6 +2,9 @@
 
 A row is appended by rewriting the parquet file to a temporary name and renaming it over
 the old one, under an exclusive lock: a reader sees the old file or the new one, never half.
+The lock is an fcntl lock, which holds between processes of one host (and on NFS only where the
+mount supports locks). Runs spread over hosts (SLURM) write one file per row instead
+(`write_row_file`, `logger.row_files=true`); `read_runs` merges both, `merge_row_files` folds them in.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +65,53 @@ def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+ROW_FILES = "rows"  # <experiment>/rows/<run_id>-<time>-<pid>.parquet: one file per row, no lock needed
+
+
+def write_row_file(exp_dir: Path | str, row: Mapping[str, Any]) -> Path:
+    """Write one run's row to its own file under `exp_dir/rows/` (atomic rename; safe on any shared file
+    system, since no two runs write the same name). `read_runs` merges these with runs.parquet."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    path = Path(exp_dir) / ROW_FILES / f"{row.get('run_id', 'run')}-{stamp}-{os.getpid()}.parquet"
+    write_parquet(_parquet_safe(pd.DataFrame([dict(row)])), path)
+    return path
+
+
+def _row_files(exp_dir: Path) -> list[Path]:
+    return sorted((exp_dir / ROW_FILES).glob("*.parquet"), key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def _read_experiment(exp_dir: Path) -> list[pd.DataFrame]:
+    table = exp_dir / "runs.parquet"
+    return ([pd.read_parquet(table)] if table.exists() else []) + [pd.read_parquet(p) for p in _row_files(exp_dir)]
+
+
 def read_runs(results_dir: Path | str, experiment: str | None = None) -> pd.DataFrame:
-    """All rows of one experiment, or of every experiment under `results_dir`."""
+    """All rows of one experiment, or of every experiment under `results_dir` (runs.parquet, then the rows
+    written as separate files, oldest first)."""
     root = Path(results_dir)
-    paths = [root / experiment / "runs.parquet"] if experiment else sorted(root.glob("*/runs.parquet"))
-    frames = [pd.read_parquet(p) for p in paths if p.exists()]
+    if experiment:
+        dirs = [root / experiment]
+    else:
+        dirs = sorted({p.parent for p in root.glob("*/runs.parquet")} | {p.parent.parent for p in root.glob(
+            f"*/{ROW_FILES}/*.parquet")})
+    frames = [f for d in dirs for f in _read_experiment(d) if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def merge_row_files(exp_dir: Path | str) -> int:
+    """Fold an experiment's row files into its runs.parquet (under the lock) and delete them; returns how many.
+    Run it on one host once the runs that write row files are done."""
+    exp_dir = Path(exp_dir)
+    table = exp_dir / "runs.parquet"
+    if not _row_files(exp_dir):
+        return 0
+    with locked(table):
+        files = _row_files(exp_dir)
+        if not files:
+            return 0
+        frames = ([pd.read_parquet(table)] if table.exists() else []) + [pd.read_parquet(p) for p in files]
+        write_parquet(_parquet_safe(pd.concat(frames, ignore_index=True)), table)
+        for p in files:
+            p.unlink()
+    return len(files)

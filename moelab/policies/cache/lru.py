@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from moelab.core.registry import register
 from moelab.core.types import ExpertKey, ModelSpec
@@ -27,6 +27,12 @@ class LruCache(CachePolicy):
 
     def on_evict(self, key: ExpertKey) -> None:
         self._order.pop(key, None)
+
+    def victim_where(self, allowed: Callable[[ExpertKey], bool], resident: Collection[ExpertKey]) -> ExpertKey | None:
+        for key in self._order:  # oldest first: usually the first acceptable key is near the front
+            if key in resident and allowed(key):
+                return key
+        return None
 
     def victim(self, candidates: Sequence[ExpertKey]) -> ExpertKey:
         allowed = set(candidates)

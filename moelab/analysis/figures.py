@@ -1,0 +1,247 @@
+"""The standard figures: results rows (pandas) in, a matplotlib Figure out; `save` writes PNG + PDF.
+
+One function per figure of the papers, each with a table function beside it (the numbers the figure
+shows, so a notebook can print them too). Figures are bare Agg figures (no pyplot): they need no
+display and leave the caller's backend alone; Jupyter shows a returned Figure as an image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from moelab.analysis.load import with_labels
+
+MIB = 2**20
+CPU_NOTE = "CPU timings exercise the code; only GPU timings are results"
+
+
+def new_figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save(fig: Figure, stem: str | Path) -> list[Path]:
+    """Write `<stem>.png` and `<stem>.pdf` (folders created); returns both paths."""
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]
+    for p in paths:
+        fig.savefig(p, dpi=150)
+    return paths
+
+
+def _title(fig: Figure, title: str, rows: pd.DataFrame) -> None:
+    on_cpu = "device" in rows and (rows["device"] == "cpu").all()
+    fig.suptitle(title + (f"\n({CPU_NOTE})" if on_cpu else ""), fontsize="medium")
+
+
+def _order(labels: Sequence[str], first: Sequence[str] = ()) -> list[str]:
+    """Labels in a stable order: known ones first (as given), the rest as they came."""
+    seen = list(dict.fromkeys(labels))
+    return [x for x in first if x in seen] + [x for x in seen if x not in first]
+
+
+POLICY_ORDER = ("on_demand", "ar_binary", "qhs", "qhs d=1", "qhs d=2", "mlp", "spac", "oracle")
+
+
+# --- hit rate and TPOT vs budget, per prefetch policy -------------------------------------------------------------
+
+def budget_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (policy label, budget): hit rate, TPOT, bytes copied per decoded token (MiB), overlap."""
+    df = with_labels(rows)
+    decoded = df["decode_tokens"].astype(float).replace(0, np.nan) if "decode_tokens" in df else np.nan
+    table = pd.DataFrame({
+        "label": df["label"], "budget_fraction": df["budget_fraction"].astype(float),
+        "budget_experts": df["budget_experts"], "hit_rate": df["hit_rate"].astype(float),
+        "tpot_ms": df["tpot_ms"].astype(float),
+        "h2d_mib_per_token": (df["h2d_bytes_demand"].astype(float) + df["h2d_bytes_prefetch"].astype(float))
+        / MIB / decoded,
+        "overlap": df["overlap"].astype(float),
+        "ref_tpot_ms": df.get("ref_tpot_median_ms", pd.Series(np.nan, index=df.index)).astype(float),
+    })
+    table = table.groupby(["label", "budget_fraction"], sort=False).mean(numeric_only=True).reset_index()
+    order = {k: i for i, k in enumerate(_order(table["label"], POLICY_ORDER))}
+    return table.sort_values(["label", "budget_fraction"], key=lambda s: s.map(order) if s.name == "label" else s,
+                             ignore_index=True)
+
+
+def plot_budget_sweep(rows: pd.DataFrame, title: str = "Hit rate and TPOT vs GPU expert budget") -> Figure:
+    """Three panels over the budget (share of experts on the GPU): hit rate, TPOT (the un-offloaded model's
+    TPOT dashed), MiB copied per decoded token; one line per prefetch policy."""
+    table = budget_table(rows)
+    fig = new_figure(11.0, 3.8)
+    axes = fig.subplots(1, 3)
+    panels = [("hit_rate", "expert hit rate"), ("tpot_ms", "TPOT (ms)"), ("h2d_mib_per_token", "H2D MiB / token")]
+    for ax, (col, ylabel) in zip(axes, panels):
+        for label, part in table.groupby("label", sort=False):
+            ax.plot(part["budget_fraction"], part[col], marker="o", label=str(label))
+        ax.set_xlabel("GPU expert budget (share of experts)")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+    ref = table["ref_tpot_ms"].dropna()
+    if len(ref):
+        axes[1].axhline(float(ref.median()), color="grey", linestyle="--", label="un-offloaded")
+    axes[0].set_ylim(0.0, 1.05)
+    handles, labels = axes[1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+    _title(fig, title, rows)
+    return fig
+
+
+# --- speculative execution: accuracy vs speed ---------------------------------------------------------------------
+
+def spec_exec_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (lookahead distance, speculative execution): accuracy, changed choices, speed, bytes."""
+    df = rows
+    decoded = df["decode_tokens"].astype(float).replace(0, np.nan)
+    table = pd.DataFrame({
+        "distance": df["cfg.prefetch.distance"].astype(int),
+        "speculative_execution": df["speculative_execution"].astype(bool),
+        "token_agreement": df["token_agreement"].astype(float),
+        "ppl_delta": df["ppl_delta"].astype(float),
+        "spec_exec_changed": df.get("spec_exec_changed", pd.Series(np.nan, index=df.index)).astype(float),
+        "tpot_ms": df["tpot_ms"].astype(float),
+        "hit_rate": df["hit_rate"].astype(float),
+        "demand_mib_per_token": df["h2d_bytes_demand"].astype(float) / MIB / decoded,
+    })
+    return (table.groupby(["distance", "speculative_execution"]).mean().reset_index()
+            .sort_values(["distance", "speculative_execution"], ignore_index=True))
+
+
+def plot_spec_exec(rows: pd.DataFrame, title: str = "Speculative execution: accuracy vs speed (qhs)") -> Figure:
+    """Grouped bars per lookahead distance, speculative execution off vs on: token agreement, perplexity
+    delta, TPOT, demand-fetched MiB per token."""
+    table = spec_exec_table(rows)
+    fig = new_figure(12.0, 3.6)
+    axes = fig.subplots(1, 4)
+    panels = [("token_agreement", "token agreement"), ("ppl_delta", "perplexity delta"), ("tpot_ms", "TPOT (ms)"),
+              ("demand_mib_per_token", "demand MiB / token")]
+    distances = sorted(table["distance"].unique())
+    x = np.arange(len(distances))
+    width = 0.38
+    for ax, (col, ylabel) in zip(axes, panels):
+        for i, on in enumerate((False, True)):
+            part = table[table["speculative_execution"] == on].set_index("distance").reindex(distances)
+            ax.bar(x + (i - 0.5) * width, part[col].to_numpy(dtype=float), width,
+                   label="speculative execution" if on else "fetch the router's choice")
+        ax.set_xticks(x, [f"d={d}" for d in distances])
+        ax.set_ylabel(ylabel)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_ylim(0.0, 1.05)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
+    _title(fig, title, rows)
+    return fig
+
+
+# --- SpAc ablations -----------------------------------------------------------------------------------------------
+
+SPAC_COLS = {"tokens_per_s": "tokens / s", "hit_rate": "expert hit rate", "cpu_share": "CPU-computed share",
+             "acceptance_rate": "draft acceptance"}
+
+
+def spac_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per variant (label): tokens/s, hit rate, CPU share, draft acceptance, bytes per token."""
+    df = with_labels(rows)
+    out = pd.DataFrame({"label": df["label"]})
+    for col in SPAC_COLS:
+        out[col] = df[col].astype(float) if col in df else np.nan
+    decoded = df["decode_tokens"].astype(float).replace(0, np.nan)
+    out["h2d_mib_per_token"] = (df["h2d_bytes_demand"].astype(float) + df["h2d_bytes_prefetch"].astype(float)) \
+        / MIB / decoded
+    return out.groupby("label", sort=False).mean().reset_index()
+
+
+def plot_spac_ablation(rows: pd.DataFrame, title: str = "MoE-SpAc ablations") -> Figure:
+    """Horizontal bars per variant: tokens/s (the headline), hit rate, CPU share, draft acceptance."""
+    table = spac_table(rows)
+    fig = new_figure(12.0, 0.5 * len(table) + 1.8)
+    axes = fig.subplots(1, len(SPAC_COLS), sharey=True)
+    y = np.arange(len(table))
+    for ax, (col, xlabel) in zip(axes, SPAC_COLS.items()):
+        ax.barh(y, table[col].to_numpy(dtype=float), color="tab:blue" if col == "tokens_per_s" else "tab:grey")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, axis="x", alpha=0.3)
+        if col != "tokens_per_s":  # shares
+            ax.set_xlim(0.0, 1.05)
+    axes[0].set_yticks(y, table["label"].tolist())
+    axes[0].invert_yaxis()
+    _title(fig, title, rows)
+    return fig
+
+
+# --- copy/compute timeline of decode steps ------------------------------------------------------------------------
+
+TIMELINE_COLS = ("compute_ms", "stall_ms", "host_gap_ms", "copy_ms", "overlap_ms")
+
+
+def timeline_table(steps: pd.DataFrame) -> pd.DataFrame:
+    """Decode steps only: compute, stall, host gap, copy time hidden under compute and exposed (ms)."""
+    dec = steps[steps["phase"] == "decode"].reset_index(drop=True)
+    out = dec[["step", *TIMELINE_COLS]].astype(float).copy()
+    out["copy_hidden_ms"] = out["overlap_ms"]
+    out["copy_exposed_ms"] = (out["copy_ms"] - out["overlap_ms"]).clip(lower=0.0)
+    out["step"] = out["step"].astype(int)
+    return out
+
+
+def median_step(table: pd.DataFrame) -> pd.Series:
+    """The decode step of median GPU time (compute + stall + host gap): the one the lanes panel draws."""
+    total = table["compute_ms"] + table["stall_ms"] + table["host_gap_ms"]
+    return table.iloc[int(np.argsort(total.to_numpy())[len(total) // 2])]
+
+
+def plot_decode_timeline(steps_by_label: Mapping[str, pd.DataFrame], title: str = "Where a decode step's time goes",
+                         rows: pd.DataFrame | None = None) -> Figure:
+    """Per run (label): left, the median decode step as two lanes (compute stream: compute, stall, host
+    gap; copy stream: copies hidden under compute, exposed copies); right, every decode step as stacked bars.
+
+    The per-step table has totals per step, not each copy's start and end, so the lanes show how much of
+    each kind of time a step had (aggregated, left to right), not the order in which it happened.
+    """
+    n = len(steps_by_label)
+    fig = new_figure(12.0, 2.6 * n + 0.8)
+    axes = np.atleast_2d(fig.subplots(n, 2, gridspec_kw={"width_ratios": [1, 2]}, squeeze=False))
+    colors = {"compute_ms": "tab:blue", "stall_ms": "tab:red", "host_gap_ms": "tab:olive",
+              "copy_hidden_ms": "tab:green", "copy_exposed_ms": "tab:orange"}
+    names = {"compute_ms": "compute", "stall_ms": "stall (waiting for a copy)", "host_gap_ms": "host gap",
+             "copy_hidden_ms": "copy, under compute", "copy_exposed_ms": "copy, exposed"}
+    for (label, steps), (lanes, bars) in zip(steps_by_label.items(), axes):
+        table = timeline_table(steps)
+        if table.empty:
+            lanes.set_title(f"{label}: no decode steps")
+            continue
+        med = median_step(table)
+        for lane, parts in ((1, ("compute_ms", "stall_ms", "host_gap_ms")), (0, ("copy_hidden_ms", "copy_exposed_ms"))):
+            left = 0.0
+            for col in parts:
+                width = float(med[col])
+                lanes.barh(lane, width, left=left, color=colors[col], label=names[col])
+                left += width
+        lanes.set_yticks([0, 1], ["copy stream", "compute stream"])
+        lanes.set_xlabel("ms")
+        lanes.set_title(f"{label}: median decode step (step {int(med['step'])})", fontsize="small")
+        x = np.arange(len(table))
+        bottom = np.zeros(len(table))
+        for col in ("compute_ms", "stall_ms", "host_gap_ms"):
+            vals = table[col].to_numpy(dtype=float)
+            bars.bar(x - 0.2, vals, 0.4, bottom=bottom, color=colors[col])
+            bottom += vals
+        bars.bar(x + 0.2, table["copy_hidden_ms"], 0.4, color=colors["copy_hidden_ms"])
+        bars.bar(x + 0.2, table["copy_exposed_ms"], 0.4, bottom=table["copy_hidden_ms"],
+                 color=colors["copy_exposed_ms"])
+        bars.set_xlabel("decode step (left bar: compute stream, right bar: copy stream)")
+        bars.set_ylabel("ms")
+        bars.set_xticks(x[:: max(1, len(x) // 16)], table["step"].iloc[:: max(1, len(x) // 16)].tolist())
+        bars.grid(True, axis="y", alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=5, fontsize="small")
+    _title(fig, title, rows if rows is not None else pd.DataFrame())
+    return fig
