@@ -22,6 +22,22 @@ QUICK_SHAPES = ["model.config.hidden_size=128", "model.config.intermediate_size=
                 "model.config.num_key_value_heads=2", "model.dtype=float32", "model.num_layers=3"]
 
 
+def common_args(ap: Any) -> Any:
+    """The arguments every benchmark takes; returns the parsed args with `device` resolved and `out` created."""
+    import torch
+
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--quick", action="store_true", help="tiny random models (CPU smoke test)")
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    args.device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    args.out = Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    print(f"device: {name}, torch {torch.__version__}", flush=True)
+    return args
+
+
 def quick_shapes(preset: str) -> list[str]:
     return QUICK_SHAPES + (["model.config.head_dim=32"] if preset == "qwen3_moe" else [])
 

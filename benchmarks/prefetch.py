@@ -21,10 +21,9 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, Bench, print_tables, quick_shapes, vs_baseline  # noqa: E402
+from harness import ROOT, Bench, common_args, print_tables, quick_shapes, vs_baseline  # noqa: E402
 
 POLICIES: list[tuple[str, list[str]]] = [
     ("none", ["policy=on_demand"]),
@@ -109,16 +108,9 @@ def main() -> None:
     ap.add_argument("--trace", default=None, help="replay this trace instead of the trained section's")
     ap.add_argument("--replay-models", default=",".join(f"{m}:{n}" for m, n in REPLAY_MODELS),
                     help="model presets and layer counts for the replay section")
-    ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--policies", default=None, help="comma-separated labels to run in the replay section")
-    ap.add_argument("--quick", action="store_true", help="tiny random models (CPU smoke test)")
-    ap.add_argument("--device", default="auto")
-    args = ap.parse_args()
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"device: {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}, torch {torch.__version__}",
-          flush=True)
+    args = common_args(ap)
+    device, out = args.device, args.out
     b = Bench(out, device, "bench_prefetch", METRICS)
     budgets = (0.25, 0.5)
     model = ["model=tiny"] if args.quick else ["model=code_moe", f"model.path={args.ckpt}"]

@@ -24,10 +24,8 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, Bench, print_tables, quick_shapes, vs_baseline  # noqa: E402
+from harness import ROOT, Bench, common_args, print_tables, quick_shapes, vs_baseline  # noqa: E402
 
 KEYS = ["section", "model", "budget", "policy"]
 METRICS = ["tpot_ms", "tokens_per_s", "vs_sd", "vs_ar", "acceptance_rate", "mean_accepted_len", "hit_rate",
@@ -101,16 +99,9 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.25)
     ap.add_argument("--configs", default=None, help="comma-separated labels to run in the replay section")
     ap.add_argument("--trained-configs", default=None, help="comma-separated labels to run in the trained section")
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--quick", action="store_true", help="tiny random models (CPU smoke test)")
-    ap.add_argument("--device", default="auto")
-    args = ap.parse_args()
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    args = common_args(ap)
+    device, out = args.device, args.out
     traces = Path(args.traces) if args.traces else out
-    print(f"device: {torch.cuda.get_device_name() if device.startswith('cuda') else 'cpu'}, torch {torch.__version__}",
-          flush=True)
     b = Bench(out, device, "bench_spac", METRICS)
     sections = args.sections.split(",")
     if "trained" in sections:

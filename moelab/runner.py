@@ -8,6 +8,7 @@ through the executor, then the timed generation, then accuracy passes.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 import traceback
@@ -351,6 +352,27 @@ def _record(row: dict[str, Any], steps: Any, logger: Any, c: Mapping[str, Any]) 
         print(f"warning: could not record run {row.get('run_id')}: {e}", file=sys.stderr)
 
 
+class _SweepInterrupt:
+    """Ctrl-C in a sweep: inside a run it stops the run at once (recorded as interrupted); between runs, where
+    Hydra composes the next job and does not survive an interrupt cleanly, it is held until the next run starts."""
+
+    installed = False
+    in_run = False
+    pending = False
+
+    @classmethod
+    def install(cls) -> None:
+        if not cls.installed:
+            signal.signal(signal.SIGINT, cls._handle)
+            cls.installed = True
+
+    @classmethod
+    def _handle(cls, signum: int, frame: Any) -> None:
+        if cls.in_run:
+            raise KeyboardInterrupt
+        cls.pending = True
+
+
 def run_from_hydra(cfg: DictConfig) -> float | None:
     """Hydra task: a bad input ends a single run with one line; in a sweep it is recorded and skipped.
 
@@ -366,6 +388,11 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
         multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     except ValueError:
         multirun = False
+    if multirun:
+        _SweepInterrupt.install()
+        if _SweepInterrupt.pending:  # Ctrl-C came between two runs: stop before starting the next
+            print("\ninterrupted; finished runs keep their rows, the same command resumes the sweep", file=sys.stderr)
+            sys.exit(130)
     rid, done = sweep.previous_run(cfg) if multirun else (None, None)
     if done is not None:
         sweep.note("skipped", rid)
@@ -373,7 +400,11 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
               "(+rerun=true runs it again)", flush=True)
         return sweep.objective(done)
     try:
-        row = run(cfg)
+        _SweepInterrupt.in_run = True
+        try:
+            row = run(cfg)
+        finally:
+            _SweepInterrupt.in_run = False
         sweep.note(str(row.get("status")), rid)
         return row.get("tpot_ms")
     except MoelabError as e:

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from moelab.core.registry import register
 from moelab.core.types import ExpertKey, ModelSpec, RoutingEvent
-from moelab.policies.base import CachePolicy, PrefetchPolicy
+from moelab.policies.base import PrefetchPolicy
+from moelab.policies.cache.lru import LruCache
 from moelab.policies.utility import UtilityEstimator
 
 
 @register("cache", "utility")
-class UtilityCache(CachePolicy):
+class UtilityCache(LruCache):
     """Reads the prefetcher's estimator when it has one (`prefetch=spac`: one utility space for both); else keeps
     its own, fed by the same routing events, so `cache=utility` also works under other prefetchers."""
 
@@ -27,21 +27,14 @@ class UtilityCache(CachePolicy):
     def reset(self, spec: ModelSpec, capacity: int) -> None:
         super().reset(spec, capacity)
         self.own.reset()
-        self._order: OrderedDict[ExpertKey, None] = OrderedDict()
 
     def observe(self, event: RoutingEvent) -> None:
         if self.estimator is self.own and event.phase != "prefill":
             self.own.update(event.layer, dict(zip(event.experts, event.counts)), event.num_tokens)
 
-    def _touch(self, key: ExpertKey) -> None:
-        self._order[key] = None
-        self._order.move_to_end(key)
-
-    on_insert = _touch
-    on_access = _touch
-
-    def on_evict(self, key: ExpertKey) -> None:
-        self._order.pop(key, None)
+    def victim_where(self, allowed: Callable[[ExpertKey], bool], resident: Collection[ExpertKey]) -> ExpertKey | None:
+        candidates = [k for k in resident if allowed(k)]
+        return self.victim(candidates) if candidates else None
 
     def victim(self, candidates: Sequence[ExpertKey]) -> ExpertKey:
         age = {k: i for i, k in enumerate(self._order)}
