@@ -155,9 +155,8 @@ def make_executor(om: OffloadedModel, budget: Budget, comps: Components) -> Offl
         from moelab.offload.calibrate import cost_model
 
         comps.balancer.set_costs(cost_model(om))
-    for part in (comps.cache, comps.balancer):  # components that rank by the prefetcher's utility share it
-        if hasattr(part, "share"):
-            part.share(comps.prefetch)
+    comps.cache.share(comps.prefetch)  # caches and balancers that rank by the prefetcher's utility read it
+    comps.balancer.share(comps.prefetch)
     return OffloadExecutor(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
                            comps.balancer)
 
@@ -270,8 +269,6 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             dec.generate(om, batches[:1], min(2, new_tokens))  # warm-up, then forget it
         executor.reset()
         if comps.prefetch.needs_future:  # the oracle: a first pass records the routing the timed pass will have
-            if getattr(comps.prefetch, "speculative_execution", False):
-                raise ConfigError("the oracle knows the router's true choice; speculative execution does not apply")
             with through_executor(om, executor, comps):
                 dec.generate(om, batches, new_tokens)
             future = list(executor.counters.routing)

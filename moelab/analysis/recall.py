@@ -60,13 +60,12 @@ def plot_recall_by_layer(table: pd.DataFrame, path_stem: str | Path, title: str 
 
     Uses a bare Agg figure (no pyplot), so it neither needs a display nor changes the caller's backend.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    from moelab.analysis.figures import new_figure, save
+
     layers = [c for c in table.columns if c != "mean"]
-    fig = Figure(figsize=(7.2, 4.0), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(7.2, 4.0)
     ax = fig.add_subplot()
     for label, values in table[layers].iterrows():
         ax.plot(layers, values.to_numpy(dtype=float), marker="o", label=str(label))
@@ -80,12 +79,7 @@ def plot_recall_by_layer(table: pd.DataFrame, path_stem: str | Path, title: str 
     ax.grid(True, alpha=0.3)
     ax.set_title(title or "Expert prediction: top-k recall per layer")
     fig.legend(loc="outside right upper", fontsize="small")
-    stem = Path(path_stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(stem.name + ext) for ext in (".png", ".pdf")]
-    for p in paths:
-        fig.savefig(p, dpi=150)
-    return paths
+    return save(fig, path_stem)
 
 
 def markdown(table: pd.DataFrame, digits: int = 3, na: str = "-") -> str:

@@ -89,7 +89,7 @@ def measure(om: Any, tokens: tuple[int, ...] = TOKENS, reps: int = 5) -> CostMod
             t = []
             for _ in range(max(2, reps // 2)):
                 t0 = time.perf_counter()
-                worker._compute(layer, [0], [n], xc)
+                worker.compute(layer, [0], [n], xc)
                 t.append((time.perf_counter() - t0) * 1e3)
             cpu.append((n, statistics.median(t)))
     finally:

@@ -42,7 +42,7 @@ class CpuExpertWorker:
         self.wait_ms = 0.0  # time the compute stream's host thread waited for it
         self.tokens = 0
 
-    def _compute(self, layer: int, experts: list[int], counts: list[int], x: torch.Tensor) -> torch.Tensor:
+    def compute(self, layer: int, experts: list[int], counts: list[int], x: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -65,7 +65,7 @@ class CpuExpertWorker:
         rows = idx.to(batch.hidden.device)
         x = batch.routed[rows].to("cpu")  # waits for the device up to this layer's input
         self.tokens += int(idx.numel())
-        fut = self.pool.submit(self._compute, layer, experts, counts, x)
+        fut = self.pool.submit(self.compute, layer, experts, counts, x)
         return CpuJob(layer, experts, rows, fut, time.perf_counter())
 
     def finish(self, job: CpuJob, batch: Any) -> None:

@@ -208,11 +208,9 @@ class OffloadExecutor:
             self._plan = {}  # the latest plan replaces the last
             for r in requests:
                 self._plan[r.key] = max(r.priority, self._plan.get(r.key, r.priority))
-            for r in requests:
-                if not r.fetch:
-                    continue
-                wanted = self._requested.setdefault(r.key.layer, {})
-                wanted[r.key.expert] = max(r.priority, wanted.get(r.key.expert, r.priority))
+                if r.fetch:  # what the policy asks to fetch for a layer is its prediction for it
+                    wanted = self._requested.setdefault(r.key.layer, {})
+                    wanted[r.key.expert] = max(r.priority, wanted.get(r.key.expert, r.priority))
         if not self.transfers.queue:
             return
 
@@ -249,7 +247,7 @@ class OffloadExecutor:
             requests.extend(self.prefetch.on_prediction(pred, view))
         return requests
 
-    def _score(self, layer: int, phase: str, true_experts: set[int]) -> dict[int, float] | None:
+    def _score(self, layer: int, phase: str, true_experts: set[int]) -> None:
         """Compare what the policy asked for, for this layer, with what the router chose."""
         wanted = self._requested.pop(layer, None)
         after_prefill = phase in ("decode", "verify")
@@ -260,7 +258,6 @@ class OffloadExecutor:
             acc[1] += len(true_experts)
             acc[2] += len(wanted)
             acc[3] += 1
-        return wanted
 
     def _speculate(
         self, layer: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, wanted: dict[int, float] | None
@@ -353,8 +350,7 @@ class OffloadExecutor:
         event = RoutingEvent(info.step, layer, info.phase, hidden.shape[0], tuple(experts), tuple(ncounts))
         view = self.view()
         requests = list(self.prefetch.on_routing(event, view))
-        if hasattr(self.cache_policy, "observe"):
-            self.cache_policy.observe(event)
+        self.cache_policy.observe(event)
         if predictions:
             requests += self._dispatch(predictions, layer)
         placement = self.balancer.assign(layer, experts, ncounts, view)

@@ -79,8 +79,11 @@ class CachePolicy:
         candidates = [k for k in resident if allowed(k)]
         return self.victim(candidates) if candidates else None
 
-    # Optional: `observe(event)` sees every routing event (for policies that rank by usage), and
-    # `share(prefetch)` is called once with the run's prefetch policy (to read the same estimator).
+    def observe(self, event: RoutingEvent) -> None:
+        """Every routing event, for policies that rank by usage."""
+
+    def share(self, prefetch: PrefetchPolicy) -> None:
+        """Called once with the run's prefetch policy, for policies that read its estimator."""
 
 
 class Balancer:
@@ -94,6 +97,9 @@ class Balancer:
 
     def set_costs(self, costs: CostModel) -> None:
         self.costs = costs
+
+    def share(self, prefetch: PrefetchPolicy) -> None:
+        """Called once with the run's prefetch policy, for balancers that read its estimator."""
 
     def assign(
         self, layer: int, experts: Sequence[int], counts: Sequence[int], cache: CacheView

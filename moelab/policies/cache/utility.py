@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 
 from moelab.core.registry import register
 from moelab.core.types import ExpertKey, ModelSpec, RoutingEvent
-from moelab.policies.base import PrefetchPolicy
+from moelab.policies.base import CachePolicy, PrefetchPolicy
 from moelab.policies.cache.lru import LruCache
 from moelab.policies.utility import UtilityEstimator
 
@@ -32,9 +32,7 @@ class UtilityCache(LruCache):
         if self.estimator is self.own and event.phase != "prefill":
             self.own.update(event.layer, dict(zip(event.experts, event.counts)), event.num_tokens)
 
-    def victim_where(self, allowed: Callable[[ExpertKey], bool], resident: Collection[ExpertKey]) -> ExpertKey | None:
-        candidates = [k for k in resident if allowed(k)]
-        return self.victim(candidates) if candidates else None
+    victim_where = CachePolicy.victim_where  # by utility over every candidate, not LRU's first acceptable
 
     def victim(self, candidates: Sequence[ExpertKey]) -> ExpertKey:
         age = {k: i for i, k in enumerate(self._order)}
