@@ -54,12 +54,19 @@ class Bench:
         self.compose = compose
         self.rows: list[dict[str, Any]] = []
 
+    def compose_config(self, overrides: list[str], budget: float) -> Any:
+        return self.compose("config", overrides=[
+            *overrides, f"budget.fraction={budget}", f"experiment_name={self.experiment}", f"results_dir={self.out}",
+            "progress=false", "logger.console=false", f"device={self.device}"])
+
+    def config(self, overrides: list[str], budget: float) -> dict[str, Any]:
+        """The run configuration (resolved, plain dict) that `run` would use for these overrides."""
+        return OmegaConf.to_container(self.compose_config(overrides, budget), resolve=True)
+
     def run(self, section: str, label: str, budget: float, overrides: list[str], **edits: Any) -> dict[str, Any]:
         from moelab.runner import run
 
-        cfg = self.compose("config", overrides=[
-            *overrides, f"budget.fraction={budget}", f"experiment_name={self.experiment}", f"results_dir={self.out}",
-            "progress=false", "logger.console=false", f"device={self.device}"])
+        cfg = self.compose_config(overrides, budget)
         for key, value in edits.items():
             OmegaConf.update(cfg, key, value, force_add=True)
         t0 = time.time()

@@ -14,7 +14,8 @@ Sections (rows print as they finish; the tables are printed last and written to 
 Configurations: ar (autoregressive, on-demand LRU: the standard baseline), ar+ar_binary, sd (speculative,
 on-demand LRU: the SD-based baseline), sd+cpu_cold (Fiddler's rule), spac (spac prefetch + utility cache +
 spac balancer), and ablations spac-no-utility (cache=lru), spac-no-balancer (balancer=gpu_only),
-spac-residency (MoE-SpAc's released code: resident on GPU, rest on CPU), spac gamma 2 and 8.
+spac-residency (MoE-SpAc's released code: resident on GPU, rest on CPU), spac gamma 2 and 8. With
+--cpu-dtypes native,float32 the configurations that compute on the CPU run once per CPU compute dtype.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from harness import ROOT, Bench, common_args, print_tables, quick_shapes, vs_bas
 KEYS = ["section", "model", "budget", "policy"]
 METRICS = ["tpot_ms", "tokens_per_s", "vs_sd", "vs_ar", "acceptance_rate", "mean_accepted_len", "hit_rate",
            "cpu_share", "h2d_mib_demand", "h2d_mib_prefetch", "h2d_mib_wasted", "stall_share", "overlap",
-           "cpu_ms", "unique_experts_per_verify", "signal_binary_recall", "signal_freq_recall",
+           "cpu_ms", "cpu_wait_ms", "unique_experts_per_verify", "signal_binary_recall", "signal_freq_recall",
            "signal_freq_at_k_recall", "signal_binary_precision", "signal_freq_precision", "prediction_topk_recall",
            "token_agreement"]
 SD = ["decoding=speculative"]
@@ -46,6 +47,18 @@ CONFIGS: list[tuple[str, str, list[str]]] = [  # label, trace kind (for replay),
     ("spac g=2", "g2", ["policy=spac", "decoding.gamma=2"]),
     ("spac g=8", "g8", ["policy=spac", "decoding.gamma=8"]),
 ]
+CPU_FREE = {"ar", "ar+ar_binary", "sd", "spac-no-balancer"}  # configurations that never compute on the CPU
+
+
+def with_cpu_dtypes(configs: list[tuple[str, str, list[str]]], dtypes: list[str]) -> list[tuple[str, str, list[str]]]:
+    """Each configuration that uses the CPU once per CPU compute dtype (`cpu_dtype`; label suffix beyond native)."""
+    out = []
+    for label, kind, over in configs:
+        for d in (["native"] if label in CPU_FREE else dtypes):
+            out.append((label if d == "native" else f"{label} cpu={d}", kind, [*over, f"cpu_dtype={d}"]))
+    return out
+
+
 RECORD = {"ar": "ar", "sd": "g4", "spac g=2": "g2", "spac g=8": "g8"}  # configs whose trained run records a trace
 REPLAY_MODELS = [("mixtral", 4), ("qwen3_moe", 12)]
 REPLAY_DRAFT = ["decoding.draft.path=null", "decoding.draft.config.hidden_size=1024",
@@ -54,13 +67,13 @@ REPLAY_DRAFT = ["decoding.draft.path=null", "decoding.draft.config.hidden_size=1
 
 
 def section_trained(b: Bench, ckpt: str | None, budget: float, new_tokens: int, traces: Path,
-                    only: set[str] | None = None) -> None:
+                    only: set[str] | None = None, configs: list = CONFIGS) -> None:
     if ckpt:
         model = ["model=code_moe", f"model.path={ckpt}/target", f"decoding.draft.path={ckpt}/draft"]
     else:
         model = ["model=tiny"]
-    for label, _, over in CONFIGS:
-        if only is not None and label not in only:
+    for label, _, over in configs:
+        if only is not None and label.split(" cpu=")[0] not in only:
             continue
         extra = ["record_trace=true"] if label in RECORD else []
         uses_sd = any(o.startswith("decoding=") or o == "policy=spac" for o in over)
@@ -72,13 +85,13 @@ def section_trained(b: Bench, ckpt: str | None, budget: float, new_tokens: int, 
 
 
 def section_replay(b: Bench, budget: float, traces: Path, models: list[tuple[str, int]], quick: bool,
-                   only: set[str] | None = None) -> None:
+                   only: set[str] | None = None, configs: list = CONFIGS) -> None:
     for preset, layers in models:
         base = [f"model={preset}", f"model.num_layers={layers}", "routing=replay"]
         if quick:
             base += quick_shapes(preset)
-        for label, kind, over in CONFIGS:
-            if only is not None and label not in only:
+        for label, kind, over in configs:
+            if only is not None and label.split(" cpu=")[0] not in only:
                 continue
             trace = traces / f"trace_{kind}.parquet"
             if not trace.exists():
@@ -99,18 +112,20 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=0.25)
     ap.add_argument("--configs", default=None, help="comma-separated labels to run in the replay section")
     ap.add_argument("--trained-configs", default=None, help="comma-separated labels to run in the trained section")
+    ap.add_argument("--cpu-dtypes", default="native", help="cpu_dtype values for configurations using the CPU")
     args = common_args(ap)
     device, out = args.device, args.out
+    configs = with_cpu_dtypes(CONFIGS, args.cpu_dtypes.split(","))
     traces = Path(args.traces) if args.traces else out
     b = Bench(out, device, "bench_spac", METRICS)
     sections = args.sections.split(",")
     if "trained" in sections:
         section_trained(b, None if args.quick else args.ckpt, args.budget, 6 if args.quick else args.new_tokens, out,
-                        set(args.trained_configs.split(",")) if args.trained_configs else None)
+                        set(args.trained_configs.split(",")) if args.trained_configs else None, configs)
     if "replay" in sections:
         models = [(m, int(n)) for m, n in (x.split(":") for x in args.replay_models.split(","))]
         section_replay(b, args.budget, traces, models, args.quick,
-                       set(args.configs.split(",")) if args.configs else None)
+                       set(args.configs.split(",")) if args.configs else None, configs)
     df = vs_baseline(b.rows, "sd")
     if len(df):
         df = df.merge(vs_baseline(b.rows, "ar")[["section", "model", "budget", "policy", "vs_ar"]],

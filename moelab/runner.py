@@ -38,6 +38,7 @@ from moelab.models.build import ModelPlan, materialize, plan_model
 from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
 from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available_bytes, resolve_budget
+from moelab.offload.cpu_worker import parse_cpu_dtype
 from moelab.offload.executor import OffloadExecutor
 from moelab.offload.kernels import ExpertKernel
 from moelab.results.row import base_row, device_name
@@ -149,16 +150,21 @@ def model_row(om: OffloadedModel) -> dict[str, Any]:
     }
 
 
-def make_executor(om: OffloadedModel, budget: Budget, comps: Components) -> OffloadExecutor:
+def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dtype: str | None = None
+                  ) -> OffloadExecutor:
     kernels = {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}
-    if comps.balancer.needs_costs:  # measured once per machine and model shape, then cached
+    dtype = parse_cpu_dtype(cpu_dtype)
+    if comps.balancer.needs_costs:  # measured once per machine, model shape and CPU dtype, then cached
         from moelab.offload.calibrate import cost_model
 
-        comps.balancer.set_costs(cost_model(om))
+        comps.balancer.set_costs(cost_model(om, cpu_dtype=dtype))
     comps.cache.share(comps.prefetch)  # caches and balancers that rank by the prefetcher's utility read it
     comps.balancer.share(comps.prefetch)
-    return OffloadExecutor(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
-                           comps.balancer)
+    executor = OffloadExecutor(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
+                               comps.balancer, cpu_dtype=dtype)
+    if comps.balancer.uses_cpu:
+        executor.cpu_worker.prepare()  # float copies of the weights, if cpu_dtype asks for them, made untimed
+    return executor
 
 
 def make_lookahead(om: OffloadedModel, executor: OffloadExecutor, prefetch: Any, replay: Any) -> Lookahead | None:
@@ -217,18 +223,19 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         reserve = (nonexpert_bytes(plan) + GIB) / GIB if device.type == "cuda" else 0.0
         budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
         check_host_memory(plan, budget, device, loaded=MODELS.holds(c["model"], device))
+        comps.cache.reset(plan.spec, budget.experts)  # cache params that depend on model and budget, checked early
         wl, dec = comps.workload, comps.decoding
         row.update(
             policy=c.get("policy", ""), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
             balancer=c["balancer"]["name"], decoding=c["decoding"]["name"], gamma=getattr(dec, "gamma", None),
-            speculative_execution=bool(comps.prefetch.speculative_execution),
+            speculative_execution=bool(comps.prefetch.speculative_execution), cpu_dtype=str(c.get("cpu_dtype")),
             workload=c["workload"]["name"], prompts=len(wl.prompts), new_tokens=wl.max_new_tokens,
             batch=wl.batch_size, seed=int(c.get("seed", 0)), **budget.row(plan.spec),
         )
         torch.manual_seed(int(c.get("seed", 0)))
         om = MODELS.get(c["model"], device, plan)
         row.update(model_row(om))
-        executor = make_executor(om, budget, comps)
+        executor = make_executor(om, budget, comps, c.get("cpu_dtype"))
         routing = comps.routing
         if routing.replays:
             if c.get("record_trace"):
@@ -268,12 +275,16 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         with through_executor(om, executor, comps):
             dec.generate(om, batches[:1], min(2, new_tokens))  # warm-up, then forget it
         executor.reset()
-        if comps.prefetch.needs_future:  # the oracle: a first pass records the routing the timed pass will have
+        # the oracle, a static hot set profiled in-sample: a first pass records the routing the timed pass will have
+        if comps.prefetch.needs_future or comps.cache.needs_future:
             with through_executor(om, executor, comps):
                 dec.generate(om, batches, new_tokens)
             future = list(executor.counters.routing)
             executor.reset()
-            comps.prefetch.set_future(future)
+            for part in (comps.prefetch, comps.cache):
+                if part.needs_future:
+                    part.set_future(future)
+        executor.preload(comps.cache.preload())  # e.g. the static hot set; untimed, not in the run's transfers
         tracers: list[TracingBackend] = []
 
         def make_tracer(backend: Any) -> TracingBackend:
@@ -285,7 +296,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             with tqdm(total=total, desc=f"run {row['run_id']}", unit="tok", disable=not c.get("progress", True),
                       leave=False) as bar:
                 gen = dec.generate(om, batches, new_tokens, on_tokens=bar.update)
-        for part in (dec, comps.balancer):  # acceptance of the timed pass, balancer solver counts
+        for part in (dec, comps.balancer, comps.cache):  # acceptance of the timed pass, solver counts, hot evictions
             if hasattr(part, "stats"):
                 row.update(part.stats())
         tracer = tracers[0] if tracers else None

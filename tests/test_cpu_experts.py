@@ -58,8 +58,35 @@ def test_interpolation_and_calibration(tmp_path, monkeypatch):
     om = offloaded_copy(tiny_hf_model("mixtral"))
     cm = measure(om, tokens=(1, 8), reps=2)
     assert cm.h2d_ms > 0 and [n for n, _ in cm.gpu] == [1, 8] and all(t > 0 for _, t in cm.cpu)
+    assert cm.cpu_fixed_ms > 0  # a trip through the worker thread costs more than the expert's compute alone
     assert cm.expert_bytes == om.store.expert_bytes
     cached = cost_model(om)  # measured and saved on first use, read back after
     assert cost_path(cached.key).exists()
     again = cost_model(om)
     assert again == CostModel.load(cost_path(cached.key))
+
+
+def test_float32_cpu_experts_round_where_the_native_path_rounds():
+    """cpu_dtype=float32 on bf16 experts: multiply in float32 from a kept host copy, round each projection to bf16.
+    Equal to the bf16 GEMM computed exactly (float64) and rounded once, i.e. correctly rounded; the copies are
+    made by `prepare`, and an unknown cpu_dtype is refused by name."""
+    from moelab.core.errors import ConfigError
+    from moelab.offload.cpu_worker import CpuExpertWorker, parse_cpu_dtype
+    from moelab.offload.kernels import ExpertKernel
+
+    om = offloaded_copy(tiny_hf_model("mixtral").to(torch.bfloat16))
+    layer = om.spec.moe_layers[0]
+    kernel = ExpertKernel(om.hf_experts[layer])
+    worker = CpuExpertWorker(om.store, {layer: kernel}, dtype=parse_cpu_dtype("float32"))
+    worker.prepare()
+    assert len(om.store._converted) == om.store.num_experts * len(om.store.layers)
+    x = torch.randn(5, om.spec.hidden_size).to(torch.bfloat16)
+    y = worker.compute(layer, [1], [5], x)
+    w = {n: t.double() for n, t in om.store.expert(layer, 1).items()}
+    h = (x.double() @ w["gate_up_proj"].t()).to(torch.bfloat16)
+    h = kernel.module._apply_gate(h)
+    want = (h.double() @ w["down_proj"].t()).to(torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, want)
+    worker.close()
+    with pytest.raises(ConfigError, match="'float16'.*native, float32"):
+        parse_cpu_dtype("float16")

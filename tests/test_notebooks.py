@@ -16,7 +16,8 @@ from tests.conftest import ROOT
 from tests.test_cli import run_cli, runs
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
-NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.py"))
+BENCHMARK_NOTEBOOKS = ["peers"]  # notebooks of a benchmark script's results, not of an experiment sweep
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.py") if p.stem not in BENCHMARK_NOTEBOOKS)
 # shorter sweeps than the experiments' own, same code paths (the notebook draws whatever points exist)
 SHORTER = {
     "budget_sweep": ["policy=on_demand,oracle", "budget.fraction=0.25,0.5"],
@@ -60,3 +61,28 @@ def test_notebook_runs_headless_and_writes_its_figure(sweep_results, name):
     for ext in ("png", "pdf"):
         out = Path(figures / f"{name}.{ext}")
         assert out.exists() and out.stat().st_size > 5000, out
+
+
+def test_peers_benchmark_and_its_notebook(tmp_path):
+    """benchmarks/peers.py --quick (tiny shapes on the CPU: accelerate offloads to disk here) gives every system a
+    row with its floor, then notebooks/peers.py draws the figure from the parquet."""
+    out = tmp_path / "results" / "bench_peers"
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--quick", "--out", str(out),
+                        "--models", "mixtral:3", "--budgets", "0.25,0.5"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    import pandas as pd
+
+    df = pd.read_parquet(out / "peers.parquet")
+    systems = {"hf_accelerate", "on_demand", "gate_prefetch", "fiddler", "spec_experts", "spac", "oracle"}
+    assert set(df.policy) == systems and len(df) == 2 * len(systems), p.stdout[-3000:]
+    assert (df.floor_ms_per_token > 0).all() and df.efficiency.notna().all()
+    exact = df[df.policy != "spec_experts"]  # speculative execution is the one inexact system
+    assert (exact.token_agreement == 1.0).all(), exact[["policy", "token_agreement"]]
+    assert (df[df.policy == "hf_accelerate"].accelerate_streamed_bytes > 0).all()  # accelerate really offloaded
+    env = {**os.environ, "MOELAB_RESULTS": str(tmp_path / "results"), "MPLBACKEND": "Agg"}
+    p = subprocess.run([sys.executable, str(ROOT / "notebooks" / "peers.py")], capture_output=True, text=True,
+                       cwd=ROOT / "notebooks", env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    for ext in ("png", "pdf"):
+        assert (tmp_path / "results" / "figures" / f"peers.{ext}").stat().st_size > 5000

@@ -51,6 +51,24 @@ def test_ema_utility():
     assert [k for _, k in est.ranked()] == [ExpertKey(1, 2)]
 
 
+@pytest.mark.parametrize("mode", ["counter", "ema"])
+def test_top_merge_equals_sorting_every_key(mode):
+    """`top` (a merge of per-layer sorted lists, the hot path) ranks exactly as sorting every (layer, expert) by
+    utility + layer bonus, ties in `ranked`'s order, would."""
+    rng = random.Random(3)
+    est = UtilityEstimator(mode, levels=3, beta=0.6)
+    layers = [0, 1, 2, 3, 4]
+    for _ in range(40):
+        layer = rng.choice(layers)
+        tokens = rng.randint(1, 9)
+        est.update(layer, {rng.randrange(16): rng.randint(1, tokens) for _ in range(rng.randint(0, 5))}, tokens)
+        bonus = {lay: 1e-3 * rng.random() for lay in layers}
+        for n in (1, 7, 1000):
+            for threshold in (0.0, 0.3):
+                want = sorted(((u + bonus[k.layer], k) for u, k in est.ranked(threshold)), key=lambda x: -x[0])[:n]
+                assert est.top(n, bonus, threshold) == want
+
+
 def test_prefetch_and_eviction_read_one_utility_space():
     prefetch = registry.build("prefetch", {"name": "spac", "mode": "ema", "beta": 0.0})
     cache = registry.build("cache", {"name": "utility"})
@@ -69,25 +87,40 @@ def test_prefetch_and_eviction_read_one_utility_space():
     assert cache.victim([ExpertKey(0, 1), ExpertKey(0, 4)]) == ExpertKey(0, 4)
 
 
-def _brute(t_res, fetch, cpu, max_fetch):
-    return min(split_cost(g, t_res, fetch, cpu) for g in itertools.product([False, True], repeat=len(fetch))
+def _brute(t_res, fetch, cpu, max_fetch, fixed):
+    return min(split_cost(g, t_res, fetch, cpu, fixed) for g in itertools.product([False, True], repeat=len(fetch))
                if sum(g) <= max_fetch)
 
 
 def test_balancer_optimisation_matches_brute_force():
     rng = random.Random(0)
-    for _ in range(300):
+    for i in range(400):
         m = rng.randint(1, 8)
         fetch = [rng.uniform(0.5, 7.0) for _ in range(m)]
         cpu = [rng.uniform(0.1, 12.0) for _ in range(m)]
         t_res, max_fetch = rng.uniform(0, 3), rng.randint(0, m)
+        fixed = 0.0 if i % 2 else rng.uniform(0, 6.0)  # the CPU path's cost per layer call that uses it
         util = [rng.random() for _ in range(m)]
-        g = best_split_exact(t_res, fetch, cpu, util, max_fetch)
+        best = _brute(t_res, fetch, cpu, max_fetch, fixed)
+        g = best_split_exact(t_res, fetch, cpu, util, max_fetch, fixed)
         assert sum(g) <= max_fetch
-        assert split_cost(g, t_res, fetch, cpu) == pytest.approx(_brute(t_res, fetch, cpu, max_fetch))
-        greedy = best_split_greedy(t_res, fetch, cpu, util, max_fetch)
+        assert split_cost(g, t_res, fetch, cpu, fixed) == pytest.approx(best)
+        greedy = best_split_greedy(t_res, fetch, cpu, util, max_fetch, fixed)
         assert sum(greedy) <= max_fetch
-        assert split_cost(greedy, t_res, fetch, cpu) >= _brute(t_res, fetch, cpu, max_fetch) - 1e-9
+        assert split_cost(greedy, t_res, fetch, cpu, fixed) >= best - 1e-9
+
+
+def test_cpu_path_fixed_cost_keeps_small_experts_on_the_gpu():
+    """One missing expert: 1.0 ms on the CPU beats 2.1 ms to fetch and run it, unless using the CPU at all costs
+    another 1.5 ms (inputs down, thread, outputs up); both balancers read that from the cost model."""
+    view = CacheView(8)
+    for name in ("spac", "cpu_cold"):
+        bal = registry.build("balancer", {"name": name})
+        bal.reset(SPEC)
+        bal.set_costs(CostModel(1, 2.0, [(1, 0.1), (64, 0.4)], [(1, 1.0), (64, 30.0)]))
+        assert bal.assign(0, [3], [1], view) == {3: Placement.CPU}
+        bal.set_costs(CostModel(1, 2.0, [(1, 0.1), (64, 0.4)], [(1, 1.0), (64, 30.0)], cpu_fixed_ms=1.5))
+        assert bal.assign(0, [3], [1], view) == {3: Placement.GPU}
 
 
 def test_balancer_ties_put_hot_experts_on_the_gpu():

@@ -245,3 +245,51 @@ def plot_decode_timeline(steps_by_label: Mapping[str, pd.DataFrame], title: str 
     fig.legend(handles, labels, loc="outside lower center", ncols=5, fontsize="small")
     _title(fig, title, rows if rows is not None else pd.DataFrame())
     return fig
+
+
+# --- moelab against the systems users know, and the floor (benchmarks/peers.py) ----------------------------------
+
+PEERS_ORDER = ("hf_accelerate", "on_demand", "gate_prefetch", "fiddler", "spec_experts", "spac", "oracle")
+PEERS_COLS = ["model", "budget", "policy", "tokens_per_s", "tpot_ms", "floor_ms_per_token", "efficiency",
+              "transfer_floor_ms_per_token", "compute_floor_ms_per_token", "stall_share", "overlap", "host_gap_ms",
+              "cpu_share", "token_agreement"]
+
+
+def peers_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, budget, system), systems in PEERS_ORDER: speed, the floor, and where time goes."""
+    df = rows[[c for c in PEERS_COLS if c in rows]].copy()
+    df["order"] = [PEERS_ORDER.index(p) if p in PEERS_ORDER else len(PEERS_ORDER) for p in df["policy"]]
+    return df.sort_values(["model", "budget", "order"]).drop(columns="order").reset_index(drop=True)
+
+
+def plot_peers(rows: pd.DataFrame, title: str = "Decode tokens/s vs GPU expert budget") -> Figure:
+    """Per model: tokens/s (log scale) vs budget, one line per system. Dashed: the autoregressive routing's
+    transfer floor (Belady-optimal bytes over the H2D bandwidth measured in the same run), the physical limit of
+    PCIe; dotted: the on-demand row's floor (the larger of that and its GPU compute time as measured, which
+    includes launch-bound kernel time: other systems can beat it)."""
+    table = peers_table(rows)
+    models = list(dict.fromkeys(table["model"]))
+    fig = new_figure(5.2 * len(models), 4.2)
+    axes = np.atleast_1d(fig.subplots(1, len(models), squeeze=False)[0])
+    for ax, model in zip(axes, models):
+        part = table[table["model"] == model]
+        for policy in _order(part["policy"].tolist(), PEERS_ORDER):
+            line = part[part["policy"] == policy].sort_values("budget")
+            ax.plot(line["budget"], line["tokens_per_s"], marker="o", label=policy)
+        floor = part[part["policy"] == "on_demand"].sort_values("budget")
+        if len(floor) and "transfer_floor_ms_per_token" in floor:
+            ax.plot(floor["budget"], 1e3 / floor["transfer_floor_ms_per_token"].astype(float), "k--",
+                    label="transfer floor")
+        if len(floor):
+            ax.plot(floor["budget"], 1e3 / floor["floor_ms_per_token"].astype(float), ":", color="grey",
+                    label="floor (on-demand row)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(sorted(part["budget"].unique()), [f"{b:.1%}" for b in sorted(part["budget"].unique())])
+        ax.set_xlabel("GPU expert budget (share of all experts)")
+        ax.set_ylabel("decode tokens/s")
+        ax.set_title(model, fontsize="medium")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[-1].legend(fontsize="small", loc="best")
+    _title(fig, title, rows)
+    return fig

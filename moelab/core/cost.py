@@ -33,6 +33,9 @@ class CostModel:
     gpu: list[tuple[int, float]]  # (tokens routed to one expert, ms on the compute device)
     cpu: list[tuple[int, float]]  # (tokens, ms on the CPU worker, from host memory)
     key: dict[str, Any] = field(default_factory=dict)  # machine and model shape it was measured for
+    # what a layer call pays once for using the CPU at all: the device-to-host copy of its tokens (a sync with
+    # the device), the hand-off to the worker thread and back, and the host-to-device copy of the outputs
+    cpu_fixed_ms: float = 0.0
 
     @property
     def h2d_gbps(self) -> float:
@@ -46,6 +49,7 @@ class CostModel:
         return interpolate(self.gpu, tokens)
 
     def cpu_ms(self, tokens: int) -> float:
+        """One expert's compute on the CPU worker (without the per-call `cpu_fixed_ms`)."""
         return interpolate(self.cpu, tokens)
 
     def save(self, path: Path) -> Path:
@@ -59,4 +63,4 @@ class CostModel:
     def load(cls, path: Path) -> CostModel:
         d = json.loads(Path(path).read_text())
         return cls(int(d["expert_bytes"]), float(d["h2d_ms"]), [tuple(p) for p in d["gpu"]],
-                   [tuple(p) for p in d["cpu"]], d.get("key", {}))
+                   [tuple(p) for p in d["cpu"]], d.get("key", {}), float(d.get("cpu_fixed_ms", 0.0)))

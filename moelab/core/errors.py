@@ -15,3 +15,7 @@ class UnknownComponentError(ConfigError):
 
 class CheckpointError(MoelabError):
     """A model directory or its weights cannot be used."""
+
+
+class MissingDependencyError(MoelabError, ImportError):
+    """An optional package that a feature needs is not installed (the message says how to install it)."""

@@ -89,8 +89,9 @@ def run_metrics(
     compute_floor_ms_per_token: float | None = None,
 ) -> dict[str, float]:
     """The run's row of metrics. `compute_floor_ms_per_token` is the un-offloaded model's TPOT when it
-    was measured: the speed no offloading policy can beat. The transfer floor is the Belady-optimal
-    bytes for this routing and budget over the H2D bandwidth measured in the same run."""
+    was measured: the speed no offloading policy can beat, unless the run's own GPU compute was faster. The
+    transfer floor is the Belady-optimal bytes for this routing and budget over the H2D bandwidth measured in
+    the same run."""
     decode = steps[steps.phase != "prefill"]
     prefill = steps[steps.phase == "prefill"]
     per_token = np.asarray(gen.decode_ms_per_token(), dtype=float)
@@ -105,8 +106,13 @@ def run_metrics(
     optimal_bytes = belady_bytes(counters, capacity, expert_bytes, set(decode.step))
     tpot = float(per_token.mean()) if per_token.size else NAN
     transfer_floor = 0.0 if optimal_bytes == 0 else _div(_div(optimal_bytes, bw), committed)
-    if compute_floor_ms_per_token is None:  # no un-offloaded run: the compute stream's busy time
-        compute_floor_ms_per_token = _div(col(decode, "compute_ms"), committed)
+    # GPU compute: the compute stream's busy time in this run; with an un-offloaded run, the smaller of the two
+    # (transformers' own experts path can be slower than the executor's grouped kernels: a floor must not be)
+    busy = _div(col(decode, "compute_ms"), committed)
+    if compute_floor_ms_per_token is None or np.isnan(compute_floor_ms_per_token):
+        compute_floor_ms_per_token = busy
+    elif not np.isnan(busy):
+        compute_floor_ms_per_token = min(compute_floor_ms_per_token, busy)
     floor_per_token = max(transfer_floor, compute_floor_ms_per_token)
     prefetched = transfer_counts.get("prefetch", 0)
     return {
@@ -129,6 +135,7 @@ def run_metrics(
         "stall_ms": col(decode, "stall_ms"),
         "stall_share": _div(col(decode, "stall_ms"), decode_wall),
         "compute_ms": col(decode, "compute_ms"),
+        "host_gap_ms": col(decode, "host_gap_ms"),  # the compute stream idle while the host syncs and plans
         "h2d_gbps_demand": _div(sum(c.nbytes for c in demand), demand_ms) / 1e6,
         "h2d_gbps": bw / 1e6 if not math.isnan(bw) else NAN,
         "belady_bytes": optimal_bytes,

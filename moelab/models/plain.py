@@ -35,3 +35,9 @@ class PlainModel:
     @property
     def config(self) -> Any:
         return self.model.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (the speculative loop builds its draft in it); right also when accelerate has
+        offloaded the weights to the meta device."""
+        return next(self.model.parameters()).dtype

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +30,13 @@ class Budget:
 
 
 def free_device_bytes(device: torch.device) -> int:
-    """Memory the cache can still take on `device` (host MemAvailable for a CPU device)."""
+    """Memory the cache can still take on `device` (host MemAvailable for a CPU device). On a GPU, memory torch's
+    caching allocator holds but no tensor uses counts as free: an earlier run's cache or the un-offloaded
+    reference, released in the same process (a sweep), is reused by the next allocation."""
     if device.type == "cuda":
+        gc.collect()  # executors of finished runs can sit in reference cycles, holding their slot pools
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        return int(free) + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     return host_available_bytes()
 
 

@@ -1,8 +1,10 @@
-"""Measure the CostModel of a loaded model on this machine: one expert's H2D copy, and one expert's compute
-time by token count on the device and on the CPU worker, with the executor's own kernels and buffers.
+"""Measure the CostModel of a loaded model on this machine: one expert's H2D copy, one expert's compute
+time by token count on the device and on the CPU worker, and the fixed cost of a layer call's trip through
+the CPU worker (its inputs down, the thread hand-off, its outputs up), with the executor's own kernels,
+buffers and CPU path.
 
-Cached per machine and model shape (device name, expert tensor shapes and dtype, torch version, CPU
-threads) under $MOELAB_CACHE (default ~/.cache/moelab)/costs/, so a run measures once and reuses it.
+Cached per machine and model shape (device name, expert tensor shapes and dtype, CPU compute dtype, torch
+version, CPU threads) under $MOELAB_CACHE (default ~/.cache/moelab)/costs/, so a run measures once and reuses it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from moelab.core.cost import CostModel
 from moelab.offload.clock import clock_for
 from moelab.offload.cpu_worker import CpuExpertWorker
+from moelab.offload.executor import LayerBatch
 from moelab.offload.kernels import ExpertKernel
 
 TOKENS = (1, 2, 4, 8, 16, 32, 64)
@@ -30,9 +33,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MOELAB_CACHE", Path.home() / ".cache" / "moelab")) / "costs"
 
 
-def cost_key(om: Any) -> dict[str, Any]:
+COST_VERSION = 2  # bump when what is measured changes: older cached files are then measured again
+
+
+def cost_key(om: Any, cpu_dtype: torch.dtype | None = None) -> dict[str, Any]:
     dev = om.device
     return {
+        "version": COST_VERSION,
+        "cpu_dtype": str(cpu_dtype or om.store.layout.tensors[0].dtype),
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.machine()})",
         "cpu_threads": torch.get_num_threads(),
         "experts": [[t.name, list(t.shape), str(t.dtype)] for t in om.store.layout.tensors],
@@ -60,8 +68,27 @@ def _time(fn, clock, reps: int) -> float:
     return statistics.median(out)
 
 
-def measure(om: Any, tokens: tuple[int, ...] = TOKENS, reps: int = 5) -> CostModel:
-    """Time one expert of the first MoE layer: copy, device compute and CPU compute at each token count."""
+def _cpu_roundtrip_ms(worker: CpuExpertWorker, layer: int, hidden: torch.Tensor, reps: int) -> float:
+    """Median wall ms of one token through the executor's CPU path (submit then finish) minus the worker's own
+    compute time in it: what using the CPU at all costs a layer call."""
+    idx = torch.zeros(1, 1, dtype=torch.long, device=hidden.device)
+    w = torch.ones(1, 1, dtype=hidden.dtype, device=hidden.device)
+    out = []
+    for i in range(reps + 1):
+        batch = LayerBatch(hidden, idx, w, [0], [1], hidden.dtype)
+        busy = worker.busy_ms
+        t0 = time.perf_counter()
+        worker.finish(worker.submit(layer, [0], batch), batch)
+        batch.combine().sum().item()  # the outputs are on the device and used
+        if i:  # the first trip warms the thread and the converted weights
+            out.append((time.perf_counter() - t0) * 1e3 - (worker.busy_ms - busy))
+    return max(0.0, statistics.median(out))
+
+
+def measure(om: Any, tokens: tuple[int, ...] = TOKENS, reps: int = 5, cpu_dtype: torch.dtype | None = None
+            ) -> CostModel:
+    """Time one expert of the first MoE layer: copy, device compute and CPU compute at each token count, and the
+    CPU path's fixed cost."""
     dev, store = om.device, om.store
     layer = om.spec.moe_layers[0]
     kernel = ExpertKernel(om.hf_experts[layer])
@@ -77,8 +104,9 @@ def measure(om: Any, tokens: tuple[int, ...] = TOKENS, reps: int = 5) -> CostMod
     pools = {n: t.unsqueeze(0) for n, t in dst.items()}
     dtype = store.layout.tensors[0].dtype
     gpu, cpu = [], []
-    worker = CpuExpertWorker(store, {layer: kernel})
+    worker = CpuExpertWorker(store, {layer: kernel}, dtype=cpu_dtype)
     try:
+        fixed = _cpu_roundtrip_ms(worker, layer, torch.randn(1, om.spec.hidden_size, device=dev, dtype=dtype), reps)
         for n in tokens:
             x = torch.randn(n, om.spec.hidden_size, device=dev, dtype=dtype)
             offs = torch.tensor([n], dtype=torch.int32, device=dev)
@@ -94,15 +122,15 @@ def measure(om: Any, tokens: tuple[int, ...] = TOKENS, reps: int = 5) -> CostMod
             cpu.append((n, statistics.median(t)))
     finally:
         worker.close()
-    return CostModel(store.expert_bytes, h2d, gpu, cpu, cost_key(om))
+    return CostModel(store.expert_bytes, h2d, gpu, cpu, cost_key(om, cpu_dtype), cpu_fixed_ms=fixed)
 
 
-def cost_model(om: Any, recalibrate: bool = False) -> CostModel:
-    """The cached CostModel of this machine and model shape, measured now if there is none."""
-    key = cost_key(om)
+def cost_model(om: Any, recalibrate: bool = False, cpu_dtype: torch.dtype | None = None) -> CostModel:
+    """The cached CostModel of this machine, model shape and CPU compute dtype, measured now if there is none."""
+    key = cost_key(om, cpu_dtype)
     path = cost_path(key)
     if path.exists() and not recalibrate:
         return CostModel.load(path)
-    cm = measure(om)
+    cm = measure(om, cpu_dtype=cpu_dtype)
     cm.save(path)
     return cm

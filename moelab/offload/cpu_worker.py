@@ -5,6 +5,11 @@ the CPU runs it. The worker takes the tokens routed to its experts (one device-t
 computes them on a thread of its own (torch's CPU kernels release the GIL, so the GPU work of the same
 layer is issued meanwhile) with the same kernel the GPU path uses, and hands the outputs back to be
 weighted and summed exactly as GPU results are. Timings are host wall clock.
+
+`dtype`: the CPU may multiply in float32 from a host copy of bf16 weights (`cpu_dtype=float32`), each
+projection rounded to bf16 where the GPU's GEMM rounds: a correctly rounded result instead of whatever the
+CPU's bf16 kernels do, and faster on CPUs without native bf16 arithmetic, for twice the host memory of the
+experts the CPU runs.
 """
 
 from __future__ import annotations
@@ -16,8 +21,20 @@ from typing import Any
 
 import torch
 
+from moelab.core.errors import ConfigError
+from moelab.offload.budget import GIB, host_available_bytes
 from moelab.offload.kernels import ExpertKernel
 from moelab.offload.store import ExpertStore
+
+CPU_DTYPES = {"native": None, "float32": torch.float32}
+
+
+def parse_cpu_dtype(name: str | None) -> torch.dtype | None:
+    """`cpu_dtype`: `native` (the stored dtype; None) or `float32`."""
+    key = "native" if name is None else str(name)
+    if key not in CPU_DTYPES:
+        raise ConfigError(f"unknown cpu_dtype {name!r}; allowed: {', '.join(CPU_DTYPES)}")
+    return CPU_DTYPES[key]
 
 
 @dataclass
@@ -30,10 +47,13 @@ class CpuJob:
 
 
 class CpuExpertWorker:
-    def __init__(self, store: ExpertStore, kernels: dict[int, ExpertKernel], threads: int | None = None):
+    def __init__(self, store: ExpertStore, kernels: dict[int, ExpertKernel], threads: int | None = None,
+                 dtype: torch.dtype | None = None):
         self.store = store
         self.kernels = kernels
         self.threads = threads
+        self.act_dtype = store.layout.tensors[0].dtype
+        self.dtype = dtype or self.act_dtype
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moelab-cpu-experts")
         self.reset()
 
@@ -42,18 +62,32 @@ class CpuExpertWorker:
         self.wait_ms = 0.0  # time the compute stream's host thread waited for it
         self.tokens = 0
 
+    def prepare(self) -> None:
+        """Make every expert's copy in the compute dtype now, untimed, instead of at its first CPU use."""
+        if self.dtype == self.act_dtype:
+            return
+        need, free = self.store.converted_bytes(self.dtype), host_available_bytes()
+        if need > free:
+            raise ConfigError(f"cpu_dtype={str(self.dtype).removeprefix('torch.')} needs {need / GIB:.1f} GiB of "
+                              f"host memory for float copies of the experts, {free / GIB:.1f} GiB is free; "
+                              "use cpu_dtype=native (the stored dtype)")
+        for layer in self.store.layers:
+            for e in range(self.store.num_experts):
+                self.store.expert_as(layer, e, self.dtype)
+
     def compute(self, layer: int, experts: list[int], counts: list[int], x: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
         if self.threads:
             torch.set_num_threads(self.threads)
         kernel = self.kernels[layer]
-        out = torch.empty(x.shape[0], x.shape[1], dtype=self.store.layout.tensors[0].dtype)
+        out = torch.empty(x.shape[0], x.shape[1], dtype=self.act_dtype)
+        round_to = self.act_dtype if self.dtype != self.act_dtype else None  # float32 weights: round to bf16
         start = 0
         for e, n in zip(experts, counts):
-            w = {name: t.unsqueeze(0) for name, t in self.store.expert(layer, e).items()}
+            w = {name: t.unsqueeze(0) for name, t in self.store.expert_as(layer, e, self.dtype).items()}
             offs = torch.tensor([n], dtype=torch.int32)
             slots = torch.zeros(n, dtype=torch.long) if kernel.has_bias else None
-            out[start : start + n] = kernel(x[start : start + n], w, offs, slots, [n])
+            out[start : start + n] = kernel(x[start : start + n], w, offs, slots, [n], out_dtype=round_to)
             start += n
         self.busy_ms += (time.perf_counter() - t0) * 1e3
         return out

@@ -80,6 +80,7 @@ class OffloadExecutor:
         cache_policy: CachePolicy,
         balancer: Balancer,
         max_prefetch_per_layer: int | None = None,
+        cpu_dtype: torch.dtype | None = None,
     ):
         self.store = store
         self.kernels = kernels
@@ -94,7 +95,7 @@ class OffloadExecutor:
         # A grouped GEMM pays ~1 us per group, empty or not, and a launch for each call: slots
         # of one layer closer than this many empty slots share a call.
         self.max_slot_gap = 8
-        self.cpu_worker = CpuExpertWorker(store, kernels)  # for balancers that place experts on the CPU
+        self.cpu_worker = CpuExpertWorker(store, kernels, dtype=cpu_dtype)  # for balancers using the CPU
         # Filled by moelab.models.lookahead: the routers' full logits (for speculative execution), and the
         # predictions computed while a layer runs, read by that layer's one sync.
         self.router_logits: dict[int, torch.Tensor] = {}
@@ -124,6 +125,37 @@ class OffloadExecutor:
         self._candidates: dict[int, list[list[int]]] = {}  # layer -> per-token predicted experts
         self._plan: dict[ExpertKey, float] = {}  # the policy's latest requests (resident ones too) by priority
         self.router_logits = {}
+
+    def preload(self, keys: Sequence[ExpertKey]) -> None:
+        """Make `keys` resident before a pass, through the demand path's copy and cache bookkeeping, and wait.
+
+        For placements that are static by design (a cache policy's `preload`): their copies are set-up, not run
+        cost, so they go to a throwaway timeline and the transfer counts are restored; the row's bytes, copies and
+        copy times are the timed pass's alone. Uses free slots only (call it after `reset`).
+        """
+        keys = [k for k in dict.fromkeys(keys) if self.cache.lookup(k) is None]
+        if not keys:
+            return
+        free = sum(s.key is None for s in self.cache.slots)
+        if len(keys) > free:
+            raise ValueError(f"preload of {len(keys)} experts needs free slots, {free} of {self.capacity} are free")
+        recorder, nbytes, count = self.transfers.recorder, dict(self.transfers.bytes), dict(self.transfers.count)
+        self.transfers.recorder = TimelineRecorder(self.clock, self._compute_stream())
+        slots = []
+        try:
+            for key in keys:
+                slot = self.cache.free_slot()
+                assert slot is not None
+                self.transfers.drop(key)
+                ready = self.transfers.copy_in(key, slot, "demand", self._step_no)
+                self.cache.bind(slot, key, ready, prefetched=False)
+                self.cache_policy.on_insert(key)
+                slots.append(slot)
+            self.clock.synchronize()
+        finally:
+            self.transfers.recorder, self.transfers.bytes, self.transfers.count = recorder, nbytes, count
+        for slot in slots:
+            slot.ready = None  # known complete: the first use is a resident hit
 
     @property
     def capacity(self) -> int:
@@ -355,7 +387,7 @@ class OffloadExecutor:
             requests += self._dispatch(predictions, layer)
         placement = self.balancer.assign(layer, experts, ncounts, view)
 
-        batch = _LayerBatch(hidden, top_k_index, top_k_weights, experts, ncounts, self._out_dtype(top_k_weights))
+        batch = LayerBatch(hidden, top_k_index, top_k_weights, experts, ncounts, self._out_dtype(top_k_weights))
         cpu = [e for e in experts if placement.get(e, Placement.GPU) is Placement.CPU]
         gpu = [e for e in experts if placement.get(e, Placement.GPU) is not Placement.CPU]
         job = None
@@ -373,7 +405,7 @@ class OffloadExecutor:
         """dtype of (expert output x routing weight), as transformers combines them."""
         return torch.promote_types(self.store.layout.tensors[0].dtype, routing.dtype)
 
-    def _compute(self, layer: int, group: list[int], batch: _LayerBatch) -> None:
+    def _compute(self, layer: int, group: list[int], batch: LayerBatch) -> None:
         """Grouped expert computation for `group` (all resident): one call per run of nearby slots."""
         slot_of = {e: self.cache.table[ExpertKey(layer, e)] for e in group}
         order = sorted(group, key=slot_of.__getitem__)
@@ -400,7 +432,7 @@ class OffloadExecutor:
             batch.rows[batch.perm[idx]] = y * batch.routed_w[idx].unsqueeze(-1)
 
     def _run_gpu_experts(
-        self, layer: int, experts: list[int], batch: _LayerBatch, requests: Sequence[PrefetchRequest]
+        self, layer: int, experts: list[int], batch: LayerBatch, requests: Sequence[PrefetchRequest]
     ) -> None:
         """Resident experts in one grouped call (hiding the demand fetches), then the fetched ones."""
         info = self._step
@@ -442,7 +474,7 @@ class OffloadExecutor:
         if missing:
             raise RuntimeError(f"layer {layer}: no slot for experts {missing} (capacity {self.cache.capacity})")
 
-    def _use_group(self, layer: int, group: list[int], kinds: dict[int, str], batch: _LayerBatch) -> None:
+    def _use_group(self, layer: int, group: list[int], kinds: dict[int, str], batch: LayerBatch) -> None:
         """Wait for the group's copies on the compute stream, compute it, record uses and last use."""
         info = self._step
         assert info is not None
@@ -480,7 +512,7 @@ def slot_segments(slots: Sequence[int], max_gap: int) -> list[list[int]]:
     return out
 
 
-class _LayerBatch:
+class LayerBatch:
     """One layer call's (token, k) pairs grouped by expert, as transformers' grouped path orders them."""
 
     def __init__(self, hidden, top_k_index, top_k_weights, experts, counts, out_dtype):

@@ -41,7 +41,12 @@ class ExpertKernel:
         self.has_gate = bool(getattr(hf_experts, "has_gate", True))
         self.up_name = "gate_up_proj" if self.has_gate else "up_proj"
 
-    def _linear(self, x, w, offs, counts, bias):
+    def _linear(self, x, w, offs, counts, bias, out_dtype=None):
+        if out_dtype is not None and w.dtype != out_dtype:
+            # weights held in a wider dtype (the CPU worker's float32 copies): multiply in it, then round to the
+            # activations' dtype before the bias, exactly where the native path rounds its GEMM output
+            out = self._linear(x.to(w.dtype), w, offs, counts, None).to(out_dtype)
+            return out if bias is None else out.add_(bias.to(out_dtype))
         if _grouped_linear is not None:
             return _grouped_linear(x, w, offs, bias=bias, is_transposed=self.transposed)
         if counts is None:
@@ -55,14 +60,16 @@ class ExpertKernel:
         offs: torch.Tensor,
         row_slots: torch.Tensor | None,
         counts: list[int] | None = None,
+        out_dtype: torch.dtype | None = None,
     ) -> torch.Tensor:
         """x: [rows, hidden] sorted by slot; offs: int32 cumulative rows per slot (one entry per slot).
 
         Returns the unweighted expert outputs [rows, hidden]. `row_slots` (slot of each row) is
         needed for biases only; `counts` (rows per slot, on the host) spares a sync in the fallback.
+        `out_dtype`: the dtype of activations when the weights are held wider (each projection rounds to it).
         """
         up_bias = pools[f"{self.up_name}_bias"][row_slots] if self.has_bias else None
-        h = self._linear(x, pools[self.up_name], offs, counts, up_bias)
+        h = self._linear(x, pools[self.up_name], offs, counts, up_bias, out_dtype)
         h = self.module._apply_gate(h) if self.has_gate else self.module.act_fn(h)
         down_bias = pools["down_proj_bias"][row_slots] if self.has_bias else None
-        return self._linear(h, pools["down_proj"], offs, counts, down_bias)
+        return self._linear(h, pools["down_proj"], offs, counts, down_bias, out_dtype)

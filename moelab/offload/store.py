@@ -40,6 +40,7 @@ class ExpertStore:
         self.num_experts = num_experts
         self.pinned = pin
         self._tensors: dict[int, dict[str, torch.Tensor]] = {}
+        self._converted: dict[tuple[int, int, torch.dtype], dict[str, torch.Tensor]] = {}
         for layer in self.layers:
             self._tensors[layer] = {
                 t.name: host_tensor((num_experts, *t.shape), t.dtype, pin) for t in layout.tensors
@@ -60,3 +61,19 @@ class ExpertStore:
     def expert(self, layer: int, expert: int) -> dict[str, torch.Tensor]:
         """Views of one expert's tensors (no copy)."""
         return {name: t[expert] for name, t in self._tensors[layer].items()}
+
+    def expert_as(self, layer: int, expert: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """One expert's tensors in `dtype` (a host copy made once and kept: the CPU worker computes in float32
+        from bf16 weights without converting on every call; the weights themselves stay as stored)."""
+        if dtype == self.layout.tensors[0].dtype:
+            return self.expert(layer, expert)
+        key = (layer, expert, dtype)
+        if key not in self._converted:
+            self._converted[key] = {n: t.to(dtype) for n, t in self.expert(layer, expert).items()}
+        return self._converted[key]
+
+    def converted_bytes(self, dtype: torch.dtype) -> int:
+        """Host bytes all experts take in `dtype` (what `expert_as` keeps once every expert was used)."""
+        per = sum(t.numel for t in self.layout.tensors) * torch.empty((), dtype=dtype).element_size()
+        return per * self.num_experts * len(self.layers)
+

@@ -56,6 +56,9 @@ class PrefetchPolicy:
 class CachePolicy:
     """Chooses which resident expert gives up its slot."""
 
+    # Policies that place experts from the run's routing (a static hot set) get it through `set_future`.
+    needs_future: bool = False
+
     def reset(self, spec: ModelSpec, capacity: int) -> None:
         self.spec = spec
         self.capacity = capacity
@@ -85,12 +88,22 @@ class CachePolicy:
     def share(self, prefetch: PrefetchPolicy) -> None:
         """Called once with the run's prefetch policy, for policies that read its estimator."""
 
+    def set_future(self, routing: Sequence[tuple[int, int, tuple[int, ...]]]) -> None:
+        """(step, layer, experts) of the whole coming run, for policies with `needs_future`."""
+
+    def preload(self) -> Sequence[ExpertKey]:
+        """Experts to make resident before the timed pass (not counted as its transfers); called after `reset`
+        and `set_future`. Placements that are static (Fiddler's hot set) start from their state, not from cold."""
+        return ()
+
 
 class Balancer:
     """Decides, per needed expert, whether it runs on the GPU (cached or fetched) or on the CPU."""
 
     # Balancers that compare paths get the machine's measured CostModel (moelab.calibrate) before the run.
     needs_costs: bool = False
+    # Balancers that may place experts on the CPU: the CPU worker prepares its weights before the run.
+    uses_cpu: bool = True
 
     def reset(self, spec: ModelSpec) -> None:
         self.spec = spec

@@ -13,6 +13,7 @@ in one utility space.
 
 from __future__ import annotations
 
+import heapq
 import math
 
 from moelab.core.errors import ConfigError
@@ -34,15 +35,21 @@ class UtilityEstimator:
         self.reset()
 
     def reset(self) -> None:
-        self.raw: dict[ExpertKey, float] = {}
+        self.by_layer: dict[int, dict[int, float]] = {}  # layer -> expert -> raw score (> 0 only)
+        self._sorted: dict[int, list[tuple[float, int]]] = {}  # layer -> (-utility, expert), best first
+
+    @property
+    def raw(self) -> dict[ExpertKey, float]:
+        return {ExpertKey(layer, e): s for layer, d in self.by_layer.items() for e, s in d.items()}
 
     def update(self, layer: int, counts: dict[int, int], tokens: int) -> None:
-        """Fold one pass's frequency map of `layer` (expert -> tokens routed) into the scores."""
-        keys = {k for k in self.raw if k.layer == layer} | {ExpertKey(layer, e) for e in counts}
+        """Fold one pass's frequency map of `layer` (expert -> tokens routed) into the scores. Touches that layer
+        only, so a layer call costs O(experts of the layer), not O(all experts of the model)."""
+        scores = self.by_layer.setdefault(layer, {})
         up = max(1, math.ceil(self.up_frac * tokens))
-        for key in keys:
-            c = counts.get(key.expert, 0)
-            s = self.raw.get(key, 0.0)
+        for e in set(scores) | set(counts):
+            c = counts.get(e, 0)
+            s = scores.get(e, 0.0)
             if self.mode == "ema":
                 s = self.beta * s + (1 - self.beta) * c / max(1, tokens)
             elif c - s >= up:
@@ -50,15 +57,36 @@ class UtilityEstimator:
             elif s - c >= self.down:
                 s = max(0, s - 1)
             if s > 1e-6:
-                self.raw[key] = s
+                scores[e] = s
             else:
-                self.raw.pop(key, None)
+                scores.pop(e, None)
+        norm = self.levels if self.mode == "counter" else 1.0
+        self._sorted[layer] = sorted((-s / norm, e) for e, s in scores.items())
 
     def utility(self, key: ExpertKey) -> float:
-        s = self.raw.get(key, 0.0)
+        s = self.by_layer.get(key.layer, {}).get(key.expert, 0.0)
         return s / self.levels if self.mode == "counter" else s
 
     def ranked(self, threshold: float = 0.0) -> list[tuple[float, ExpertKey]]:
-        """(utility, key) above `threshold`, highest first."""
-        out = [(self.utility(k), k) for k in self.raw]
+        """(utility, key) above `threshold`, highest first (ties by layer, then expert)."""
+        out = [(-nu, ExpertKey(layer, e)) for layer, lst in self._sorted.items() for nu, e in lst]
         return sorted((x for x in out if x[0] > threshold), key=lambda x: (-x[0], x[1]))
+
+    def top(self, n: int, bonus: dict[int, float], threshold: float = 0.0) -> list[tuple[float, ExpertKey]]:
+        """The `n` keys of highest utility + bonus[layer] (above `threshold` utility), as (that sum, key), best
+        first; equal sums in `ranked`'s order. A merge of the per-layer sorted lists: O(n log layers) a call."""
+        heads = []
+        for layer, lst in self._sorted.items():
+            if lst and -lst[0][0] > threshold:
+                b = bonus.get(layer, 0.0)
+                heads.append(((-(-lst[0][0] + b), lst[0][0], layer, lst[0][1]), layer, 0))
+        heapq.heapify(heads)
+        out: list[tuple[float, ExpertKey]] = []
+        while heads and len(out) < n:
+            (neg_p, _, layer, e), _, i = heapq.heappop(heads)
+            out.append((-neg_p, ExpertKey(layer, e)))
+            lst = self._sorted[layer]
+            if i + 1 < len(lst) and -lst[i + 1][0] > threshold:
+                nu, e2 = lst[i + 1]
+                heapq.heappush(heads, ((-(-nu + bonus.get(layer, 0.0)), nu, layer, e2), layer, i + 1))
+        return out

@@ -11,6 +11,8 @@ from moelab.policies.base import Balancer
 
 @register("balancer", "gpu_only")
 class GpuOnlyBalancer(Balancer):
+    uses_cpu = False
+
     def assign(
         self, layer: int, experts: Sequence[int], counts: Sequence[int], cache: CacheView
     ) -> dict[int, Placement]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moelab.core.registry import register
-from moelab.core.types import CacheView, ExpertKey, ModelSpec, PrefetchRequest, RoutingEvent
+from moelab.core.types import CacheView, ModelSpec, PrefetchRequest, RoutingEvent
 from moelab.policies.base import PrefetchPolicy
 from moelab.policies.utility import UtilityEstimator
 
@@ -34,12 +34,8 @@ class SpacPrefetch(PrefetchPolicy):
             return ()
         self.estimator.update(event.layer, dict(zip(event.experts, event.counts)), event.num_tokens)
         layers = self.spec.moe_layers
-        pos = {layer: i for i, layer in enumerate(layers)}
-        here, n = pos[event.layer], len(layers)
-
-        def soon(key: ExpertKey) -> float:  # 1 for the next layer to run, falling to 0 for this layer in the next pass
-            return 1 - ((pos[key.layer] - here - 1) % n) / n
-
-        ranked = self.estimator.ranked(self.threshold)
-        requests = [PrefetchRequest(key, priority=u + 1e-3 * soon(key)) for u, key in ranked]
-        return sorted(requests, key=lambda r: -r.priority)[: cache.capacity]
+        here, n = layers.index(event.layer), len(layers)
+        # 1e-3 x how soon each layer runs next (1 for the next layer, falling to 1/n for this layer next pass)
+        soon = {layer: 1e-3 * (1 - ((i - here - 1) % n) / n) for i, layer in enumerate(layers)}
+        top = self.estimator.top(cache.capacity, soon, self.threshold)
+        return [PrefetchRequest(key, priority=p) for p, key in top]
