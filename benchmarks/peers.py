@@ -118,9 +118,7 @@ def accelerate_row(b: Bench, base: list[str], budget: float, tokens: int) -> dic
         pm.backend.reset() if hasattr(pm.backend, "reset") else None  # the replayed trace starts over
         gen = dec.generate(pm, batches, tokens)
         per_token = gen.decode_ms_per_token()
-        decode = [s for s in gen.steps if s.phase != "prefill"]
-        row.update(tpot_ms=sum(per_token) / len(per_token),
-                   tokens_per_s=sum(s.new_tokens * s.rows for s in decode) / (sum(s.wall_ms for s in decode) / 1e3),
+        row.update(tpot_ms=sum(per_token) / len(per_token), tokens_per_s=gen.decode_tokens_per_s(),
                    token_agreement=token_agreement(gen.new_tokens, ref.new_tokens), status="ok", error="",
                    **placement(pm).row())
         del pm

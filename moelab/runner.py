@@ -260,8 +260,9 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
 
         want_ref = str(c.get("reference", "auto")).lower()
         ref_tokens, ppl_ref = None, NAN
-        if want_ref in ("true", "auto") and (want_ref == "true" or _reference_fits(om)):
-            if _reference_fits(om):
+        fits = _reference_fits(om)
+        if want_ref in ("true", "auto") and (want_ref == "true" or fits):
+            if fits:
                 om.reference.materialize()
             with om.using(routing.wrap(om.reference, om)):
                 ref_gen = dec.generate(om, batches, new_tokens)

@@ -35,6 +35,12 @@ class Generation:
         """Host time per committed token of each decode step."""
         return [s.wall_ms / max(1, s.new_tokens) for s in self.steps if s.phase != "prefill"]
 
+    def decode_tokens_per_s(self) -> float:
+        """Committed tokens (all sequences) per second of decode host time; NaN without decode steps."""
+        decode = [s for s in self.steps if s.phase != "prefill"]
+        wall = sum(s.wall_ms for s in decode)
+        return sum(s.new_tokens * s.rows for s in decode) / (wall / 1e3) if wall else float("nan")
+
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Batch prompts with padding on the left; no mask is needed for a batch of one."""

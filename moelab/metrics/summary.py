@@ -120,7 +120,7 @@ def run_metrics(
         "tpot_ms": tpot,
         "tpot_median_ms": float(np.median(per_token)) if per_token.size else NAN,
         "tpot_p90_ms": float(np.percentile(per_token, 90)) if per_token.size else NAN,
-        "tokens_per_s": _div(committed, decode_wall / 1e3),
+        "tokens_per_s": gen.decode_tokens_per_s(),
         "decode_tokens": committed,
         "hit_rate": _div(col(decode, "hits"), col(decode, "uses")),
         "prefetch_precision": _div(counters.prefetched_used, prefetched),

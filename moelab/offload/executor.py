@@ -141,15 +141,11 @@ class OffloadExecutor:
             raise ValueError(f"preload of {len(keys)} experts needs free slots, {free} of {self.capacity} are free")
         recorder, nbytes, count = self.transfers.recorder, dict(self.transfers.bytes), dict(self.transfers.count)
         self.transfers.recorder = TimelineRecorder(self.clock, self._compute_stream())
-        slots = []
+        slots, pinned = [], set()
         try:
-            for key in keys:
-                slot = self.cache.free_slot()
+            for key in keys:  # free slots suffice (checked above): the demand path evicts nothing
+                slot = self._fetch(key, pinned)
                 assert slot is not None
-                self.transfers.drop(key)
-                ready = self.transfers.copy_in(key, slot, "demand", self._step_no)
-                self.cache.bind(slot, key, ready, prefetched=False)
-                self.cache_policy.on_insert(key)
                 slots.append(slot)
             self.clock.synchronize()
         finally:
