@@ -3,6 +3,7 @@ one-line error with a non-zero exit (never a traceback) for each kind of bad inp
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,22 @@ def run_cli(tmp_path: Path, *overrides: str, multirun: bool = False) -> subproce
             f"results_dir={tmp_path / 'results'}", "device=cpu",
             f"hydra.run.dir={tmp_path / 'hydra'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides]
     return subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+
+_PY_WARNING = re.compile(r"^(?P<path>.+?\.py):\d+: (?P<kind>\w*Warning): ")
+
+
+def moelab_warnings(stderr: str) -> list[str]:
+    """Warnings that moelab itself raised or printed: Python warnings whose origin is a file of this repository
+    (moelab/, run.py), and moelab's own `warning:` console lines. Other libraries' warnings are theirs to fix."""
+    mine = []
+    for line in stderr.splitlines():
+        m = _PY_WARNING.match(line.strip())
+        if m and Path(m["path"]).resolve().is_relative_to(ROOT) and "site-packages" not in m["path"]:
+            mine.append(line)
+        elif line.lower().startswith("warning:"):
+            mine.append(line)
+    return mine
 
 
 def runs(tmp_path: Path, experiment: str = "default") -> pd.DataFrame:

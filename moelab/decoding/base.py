@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from moelab.models.hf_compat import cache_kwargs
 from moelab.models.offloaded import OffloadedModel
 
 
@@ -70,7 +71,7 @@ def forward_step(
     try:
         out = om.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=cache, use_cache=True,
+            use_cache=True, **cache_kwargs(om.model, cache),
         )
     finally:
         om.backend.end_step()

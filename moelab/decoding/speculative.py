@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
 from moelab.decoding.base import Generation, StepTiming, forward_step, now_ms
+from moelab.models.hf_compat import cache_kwargs
 from moelab.models.offloaded import OffloadedModel
 
 ACCEPTANCE = ("greedy", "sampling")
@@ -194,7 +195,7 @@ class SpeculativeDecoding:
         dists: list[torch.Tensor] = []
         x = torch.tensor([seq[dlen:]], device=draft.device)
         for _ in range(g):
-            logits = draft(input_ids=x, past_key_values=dcache, use_cache=True).logits[0, -1:].float()
+            logits = draft(input_ids=x, use_cache=True, **cache_kwargs(draft, dcache)).logits[0, -1:].float()
             tok = self._pick(logits, rng)[0]
             if self.acceptance == "sampling":
                 dists.append(torch.softmax(logits[0] / self.temperature, dim=-1))
