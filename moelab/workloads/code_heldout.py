@@ -8,6 +8,7 @@ depend only on which files are installed, not on the machine's other state or a 
 
 from __future__ import annotations
 
+import functools
 import random
 
 from moelab.core.errors import ConfigError
@@ -16,14 +17,16 @@ from moelab.train.corpus import SourceFile, list_sources, read_split
 from moelab.workloads.base import Workload
 
 
-def heldout_texts(val_permille: int, max_files: int) -> list[tuple[SourceFile, str]]:
-    """The first `max_files` held-out sources in hash order (skipping ones too short to cut a prompt from)."""
+@functools.lru_cache(maxsize=8)
+def heldout_texts(val_permille: int, max_files: int) -> tuple[tuple[SourceFile, str], ...]:
+    """The first `max_files` held-out sources in hash order; cached, since listing the installed sources takes
+    seconds and every run of a sweep builds its workload again."""
     out = []
     for f, text in read_split(list_sources(), True, val_permille, max_bytes=1 << 62):
         out.append((f, text))
         if len(out) >= max_files:
             break
-    return out
+    return tuple(out)
 
 
 def cut_prompt(f: SourceFile, text: str, prompt_lines: int) -> str | None:
@@ -72,11 +75,11 @@ class CodeHeldoutWorkload(Workload):
                               f"(val_permille={val_permille}); lower workload.prompt_lines")
         # perplexity documents: the held-out files after the ones prompts were cut from
         self.docs = [text for _, text in files[used : used + int(ppl_docs)]]
-        self.files = [f.rel for f, _ in files[:used]]
+        self.sources = [f for f, _ in files[:used]]
         super().__init__(prompts, max_new_tokens, batch_size, None, None, ppl_tokens, ppl_docs)
 
     def ppl_texts(self) -> list[str]:
         return self.docs[: self.ppl_docs]
 
     def describe(self) -> dict[str, str]:
-        return {"workload_source": f"held-out installed Python sources ({len(self.files)} files)"}
+        return {"workload_source": f"held-out installed Python sources ({len(self.sources)} files)"}

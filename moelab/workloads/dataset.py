@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import string
+
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
 from moelab.workloads._hf_datasets import load_records
@@ -102,20 +103,20 @@ class DatasetWorkload(Workload):
     def prepare(self, encode: Encode) -> None:
         if self.prepared:
             return
-        kept = []
-        for n, i in enumerate(self.order):
+        kept, used = [], 0
+        for i in self.order:
+            used += 1
             length = len(encode(self.texts[i]))
             if length >= self.min_tokens and (self.max_tokens is None or length <= int(self.max_tokens)):
                 kept.append(self.texts[i])
-                if self.num_prompts is not None and len(kept) == self.num_prompts:
+                if len(kept) == self.num_prompts:
                     break
-        else:
-            n = len(self.order) - 1
         if not kept:
             raise ConfigError(
-                f"dataset {self.source}: no prompt left after filtering ({len(self.order)} non-empty rows, none with "
-                f"{self.min_tokens} <= tokens <= {self.max_tokens}); widen workload.min_prompt_tokens/max_prompt_tokens")
-        self.prompts, self.used, self.prepared = kept, n + 1, True
+                f"dataset {self.source}: no prompt left after filtering ({len(self.order)} non-empty rows, none "
+                f"with {self.min_tokens} <= tokens <= {self.max_tokens}); widen workload.min_prompt_tokens/"
+                "max_prompt_tokens")
+        self.prompts, self.used, self.prepared = kept, used, True
 
     def ppl_texts(self) -> list[str]:
         rest = self.order[self.used:] if self.used < len(self.order) else self.order
