@@ -44,7 +44,7 @@ def task_manager(ev: Mapping[str, Any]) -> Any:
             raise ConfigError(f"eval.include_path {p} does not exist (a folder of lm-eval task YAML files)")
     key = (tuple(paths), bool(ev.get("include_defaults", True)))
     if key not in _MANAGERS:
-        _MANAGERS[key] = TaskManager(include_path=paths, include_defaults=key[1], verbosity="ERROR")
+        _MANAGERS[key] = TaskManager(include_path=paths, include_defaults=key[1])
     return _MANAGERS[key]
 
 
@@ -108,6 +108,7 @@ def score_tasks(om: Any, decoding: Any, c: Mapping[str, Any], tasks: list[str], 
         model=MoelabLM(om, decoding, max_length=ev.get("max_length"), progress=bool(c.get("progress", True))),
         tasks=tasks, task_manager=task_manager(ev), num_fewshot=ev.get("num_fewshot"),
         limit=float(limit) if limit is not None and float(limit) < 1 else (int(limit) if limit else None),
+        gen_kwargs=dict(ev["gen_kwargs"]) if ev.get("gen_kwargs") else None,
         bootstrap_iters=int(ev.get("bootstrap_iters", 1000)), log_samples=bool(ev.get("log_samples", False)),
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
         verbosity="ERROR",
