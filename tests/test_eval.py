@@ -115,8 +115,9 @@ def test_python_m_moelab_eval_says_one_line_and_exits_2(tmp_path):
 
 
 def test_lm_eval_builds_the_moelab_model_from_model_args():
-    """What `lm_eval --model moelab --model_args overrides=...` does: compose the config, open the model wired
-    through the executor (overrides are split on spaces or ';' since lm-eval splits model_args on ',')."""
+    """What `python -m moelab.eval.harness run --model moelab --model_args overrides=...` does: compose the
+    config, open the model wired through the executor (overrides split on spaces or ';': lm-eval splits
+    model_args on ',')."""
     lm = get_model("moelab").create_from_arg_string("overrides=" + ";".join([*SMALL, "device=cpu", "policy=qhs"]))
     try:
         assert type(lm.om.backend).__name__ != "ReferenceBackend"

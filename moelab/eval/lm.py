@@ -47,9 +47,20 @@ class MoelabLM(LM):
                 args[key] = v
             elif key is not None:  # a comma inside an override value
                 args[key] += "," + part
-        overrides = args.get("overrides", "").replace(";", " ").split()
-        return cls(config=args.get("config", "config"), overrides=overrides,
-                   max_length=int(args["max_length"]) if "max_length" in args else None)
+        return cls.create_from_arg_obj(args)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> MoelabLM:
+        """`{"config": NAME, "overrides": "a=1 b=2", "max_length": N}`; lm-eval's own batch_size/device are
+        ignored (the moelab config sets the device; requests run one at a time)."""
+        unknown = sorted(set(arg_dict) - {"config", "overrides", "max_length"})
+        if unknown:
+            raise ValueError(f"unknown moelab model_args {', '.join(unknown)}; allowed: config, overrides, max_length")
+        overrides = arg_dict.get("overrides") or ""
+        overrides = overrides if isinstance(overrides, list) else str(overrides).replace(";", " ").split()
+        length = arg_dict.get("max_length")
+        return cls(config=str(arg_dict.get("config", "config")), overrides=overrides,
+                   max_length=int(length) if length else None, progress=True)
 
     # --- token helpers -------------------------------------------------------------------------------------
     @property

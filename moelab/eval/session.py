@@ -1,4 +1,4 @@
-"""A moelab model opened for lm-eval's own command line (`lm_eval --model moelab --model_args ...`).
+"""A moelab model opened for lm-eval's own command line (`python -m moelab.eval.harness run --model moelab ...`).
 
 It composes the same Hydra config as `run.py`, loads the model and keeps it wired through the offload
 executor for the lifetime of the process; no results row is written (use `python -m moelab.eval` for that).
