@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from moelab.core.errors import ConfigError
 
-BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow", ".txt": "text"}
 TRUE = ("1", "true", "yes", "on")
 
 
@@ -65,12 +65,14 @@ def load_records(path: str, config: str | None = None, split: str = "train") -> 
             if builder is None:
                 raise ConfigError(f"workload.path {path}: unknown file type; allowed: {', '.join(BUILDERS)}, a "
                                   "folder, a saved dataset, or a hub dataset name")
-            return datasets.load_dataset(builder, data_files={split: str(local)}, split=split)
+            # a file is one split (`train`); a slice of it still applies: split=train[:500]
+            part = "train" + (split[split.index("["):] if "[" in split else "")
+            return datasets.load_dataset(builder, data_files=str(local), split=part)
         if local.is_dir():
             if (local / "dataset_info.json").exists() or (local / "dataset_dict.json").exists():
                 return _pick_split(datasets.load_from_disk(str(local)), split, f"saved dataset {path}")
             return datasets.load_dataset(str(local), config, split=split)
-        if local.is_absolute() or str(path).startswith((".", "~")) or "." in local.name:
+        if local.is_absolute() or str(path).startswith((".", "~")) or local.suffix.lower() in BUILDERS:
             raise ConfigError(f"workload.path {path} does not exist")
         if not hub_reachable():
             go_offline()

@@ -83,16 +83,15 @@ class DatasetWorkload(Workload):
         if template is not None:
             template_fields(template)
         self.source = f"{path}" + (f" ({config})" if config else "") + f" [{split}]"
-        records = load_records(str(path), config, split)
-        render = render_fn(list(records.column_names), field, template)
-        self.texts = [render(row) for row in records]
-        order = list(range(len(self.texts)))
-        random.Random(int(seed)).shuffle(order)
-        self.order = [i for i in order if self.texts[i].strip()]
-        if not self.order:
-            raise ConfigError(f"dataset {self.source} has no non-empty text in {field or template!r} "
-                              f"({len(self.texts)} rows)")
-        super().__init__([self.texts[self.order[0]]], max_new_tokens, batch_size, None, None, ppl_tokens, ppl_docs)
+        self.records = load_records(str(path), config, split)
+        self.render = render_fn(list(self.records.column_names), field, template)
+        if len(self.records) == 0:
+            raise ConfigError(f"dataset {self.source} has no rows")
+        self.order = list(range(len(self.records)))
+        random.Random(int(seed)).shuffle(self.order)
+        # rows are rendered when drawn, so a large dataset costs only the rows a run uses
+        super().__init__([self.text(self.order[0]) or "-"], max_new_tokens, batch_size, None, None, ppl_tokens,
+                         ppl_docs)
         self.num_prompts = None if num_prompts is None else int(num_prompts)
         if self.num_prompts is not None and self.num_prompts < 1:
             raise ConfigError(f"workload.num_prompts must be >= 1 (or null for all), got {num_prompts}")
@@ -106,21 +105,33 @@ class DatasetWorkload(Workload):
         kept, used = [], 0
         for i in self.order:
             used += 1
-            length = len(encode(self.texts[i]))
-            if length >= self.min_tokens and (self.max_tokens is None or length <= int(self.max_tokens)):
-                kept.append(self.texts[i])
+            text = self.text(i)
+            length = len(encode(text)) if text.strip() else 0
+            if length and length >= self.min_tokens and (self.max_tokens is None or length <= int(self.max_tokens)):
+                kept.append(text)
                 if len(kept) == self.num_prompts:
                     break
         if not kept:
             raise ConfigError(
-                f"dataset {self.source}: no prompt left after filtering ({len(self.order)} non-empty rows, none "
+                f"dataset {self.source}: no prompt left after filtering ({len(self.order)} rows, none non-empty "
                 f"with {self.min_tokens} <= tokens <= {self.max_tokens}); widen workload.min_prompt_tokens/"
                 "max_prompt_tokens")
         self.prompts, self.used, self.prepared = kept, used, True
 
+    def text(self, i: int) -> str:
+        return self.render(self.records[i])
+
     def ppl_texts(self) -> list[str]:
+        """The next `ppl_docs` non-empty rows after the prompt sample (the sample itself if it used every row)."""
         rest = self.order[self.used:] if self.used < len(self.order) else self.order
-        return [self.texts[i] for i in rest[: self.ppl_docs]]
+        docs = []
+        for i in rest:
+            if len(docs) == self.ppl_docs:
+                break
+            text = self.text(i)
+            if text.strip():
+                docs.append(text)
+        return docs
 
     def describe(self) -> dict[str, str]:
         return {"workload_source": self.source}
