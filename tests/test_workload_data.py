@@ -11,10 +11,11 @@ import datasets
 import hydra
 import pytest
 import torch
+import torch.nn.functional as F
 
 from moelab import runner
 from moelab.core.errors import ConfigError
-from moelab.metrics.perplexity import corpus_perplexity, perplexity
+from moelab.metrics.perplexity import corpus_perplexity
 from moelab.models.tokenizer import ByteTokenizer
 from moelab.workloads.code_heldout import CodeHeldoutWorkload, heldout_texts
 from moelab.workloads.dataset import DatasetWorkload
@@ -126,10 +127,13 @@ def test_code_heldout_prompts_come_from_held_out_files_deterministically():
 
 
 def test_corpus_perplexity_weights_documents_by_their_tokens():
-    om = offloaded_copy(tiny_hf_model("mixtral"))
+    model = tiny_hf_model("mixtral")
+    om = offloaded_copy(model)
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randint(3, 100, (n,), generator=g).tolist() for n in (9, 21))
-    pa, pb = perplexity(om, a), perplexity(om, b)
-    want = math.exp((8 * math.log(pa) + 20 * math.log(pb)) / 28)
-    assert corpus_perplexity(om, [a, b]) == pytest.approx(want, rel=1e-6)
+    with torch.no_grad():  # total NLL of both documents under the plain transformers model
+        nll = sum(F.cross_entropy(model(torch.tensor([d])).logits[0, :-1], torch.tensor(d[1:]), reduction="sum")
+                  for d in (a, b))
+    assert corpus_perplexity(om, [a, b]) == pytest.approx(math.exp(float(nll) / 28), rel=1e-5)
+    assert corpus_perplexity(om, [a]) != pytest.approx(corpus_perplexity(om, [a, b]), rel=1e-3)
     assert math.isnan(corpus_perplexity(om, [[5]]))
