@@ -53,6 +53,10 @@ def check_tasks(c: Mapping[str, Any]) -> list[str]:
     tasks = requested_tasks(c)
     if not tasks:
         return []
+    routing = c.get("routing") if isinstance(c.get("routing"), Mapping) else {}
+    if routing.get("name") == "replay":
+        raise ConfigError("eval.tasks runs new text through the model; a replayed trace only holds the routing of "
+                          "its own prompts: use routing=native")
     ev = _eval_cfg(c)
     known = set(task_manager(ev).all_tasks)
     unknown = [t for t in tasks if t not in known]
