@@ -318,8 +318,6 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         executor.reset()
         with through_executor(om, executor, comps):
             ppl = corpus_perplexity(om, ppl_ids)
-            if eval_tasks:  # task scores through the executor (lm-evaluation-harness); after the timed pass
-                row.update(score_tasks(om, dec, c, eval_tasks, row["run_id"], experiment))
         row.update(metrics)
         row.update(
             token_agreement=token_agreement(gen.new_tokens, ref_tokens) if ref_tokens is not None else NAN,
@@ -328,6 +326,9 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             output_sample=om.tokenizer.decode(gen.new_tokens[0])[:200] if gen.new_tokens else "",
             status="ok",
         )
+        if eval_tasks:  # task scores (lm-evaluation-harness) through the executor, last: if a task fails, the
+            with through_executor(om, executor, comps):  # row still holds every measurement above
+                row.update(score_tasks(om, dec, c, eval_tasks, row["run_id"], experiment))
     except BaseException as e:
         row["status"] = "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted"
         row["error"] = f"{type(e).__name__}: {e}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -108,15 +109,26 @@ def score_tasks(om: Any, decoding: Any, c: Mapping[str, Any], tasks: list[str], 
         go_offline()  # a task whose data is not cached then fails at once instead of retrying for minutes
     limit = ev.get("limit")
     seed = int(c.get("seed", 0))
-    out = evaluator.simple_evaluate(
-        model=MoelabLM(om, decoding, max_length=ev.get("max_length"), progress=bool(c.get("progress", True))),
-        tasks=tasks, task_manager=task_manager(ev), num_fewshot=ev.get("num_fewshot"),
-        limit=float(limit) if limit is not None and float(limit) < 1 else (int(limit) if limit else None),
-        gen_kwargs=dict(ev["gen_kwargs"]) if ev.get("gen_kwargs") else None,
-        bootstrap_iters=int(ev.get("bootstrap_iters", 1000)), log_samples=bool(ev.get("log_samples", False)),
-        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-        verbosity="ERROR",
-    )
+
+    def evaluate(bootstrap_iters: int) -> dict:
+        return evaluator.simple_evaluate(
+            model=MoelabLM(om, decoding, max_length=ev.get("max_length"), progress=bool(c.get("progress", True))),
+            tasks=tasks, task_manager=task_manager(ev), num_fewshot=ev.get("num_fewshot"),
+            limit=float(limit) if limit is not None and float(limit) < 1 else (int(limit) if limit else None),
+            gen_kwargs=dict(ev["gen_kwargs"]) if ev.get("gen_kwargs") else None,
+            bootstrap_iters=bootstrap_iters, log_samples=bool(ev.get("log_samples", False)),
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        )
+
+    iters = int(ev.get("bootstrap_iters", 1000))
+    try:
+        out = evaluate(iters)
+    except OverflowError:  # lm-eval's bootstrap of a perplexity near float max (an untrained model): no stderr
+        if iters == 0:
+            raise
+        print("warning: lm-eval's bootstrap standard error overflowed (perplexities near float max); "
+              "scoring again with eval.bootstrap_iters=0", file=sys.stderr)
+        out = evaluate(0)
     path = Path(str(c.get("results_dir", "results"))) / experiment / run_id / "lm_eval.json"
     write_json_atomic(path, out)
     return {**score_columns(out["results"]), "eval_tasks": ",".join(tasks), "lm_eval_path": str(path)}
