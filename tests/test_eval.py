@@ -84,7 +84,7 @@ def test_a_run_scores_tasks_into_its_row_and_saves_lm_eval_json(tmp_path):
     row = runner.run(_cfg(tmp_path, "workload=code_heldout", "workload.num_prompts=1", "workload.max_new_tokens=2",
                           "workload.ppl_docs=2", "workload.ppl_tokens=48",
                           "eval.tasks=[code_line_em,code_line_greedy,code_line_rolling]", "eval.limit=2",
-                          "eval.gen_kwargs={max_gen_toks:8}", "eval.bootstrap_iters=0"))
+                          "eval.gen_kwargs={max_gen_toks:4}", "eval.bootstrap_iters=0", "eval.max_length=96"))
     assert row["status"] == "ok" and row["ppl_docs"] == 2 and row["ppl_tokens_scored"] == 94
     assert row["ppl"] == row["ppl_ref"] and row["ppl_delta"] == 0.0  # exact through the executor
     saved = json.loads((tmp_path / "results" / "default" / row["run_id"] / "lm_eval.json").read_text())
