@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from moelab.core import registry
 from moelab.core.errors import ConfigError, MoelabError
-from moelab.metrics.perplexity import perplexity
+from moelab.eval.tasks import check_tasks, score_tasks
+from moelab.metrics.perplexity import corpus_perplexity
 from moelab.metrics.summary import (
     prediction_metrics,
     run_metrics,
@@ -37,6 +38,7 @@ from moelab.metrics.summary import (
 from moelab.models.build import ModelPlan, materialize, plan_model
 from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
+from moelab.models.tokenizer import load_tokenizer
 from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available_bytes, resolve_budget
 from moelab.offload.cpu_worker import parse_cpu_dtype
 from moelab.offload.executor import OffloadExecutor
@@ -225,12 +227,14 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         check_host_memory(plan, budget, device, loaded=MODELS.holds(c["model"], device))
         comps.cache.reset(plan.spec, budget.experts)  # cache params that depend on model and budget, checked early
         wl, dec = comps.workload, comps.decoding
+        wl.prepare(load_tokenizer(plan.path, plan.skeleton.config).encode)  # length filters: tokenizer, no weights
+        eval_tasks = check_tasks(c)  # lm-eval task names, checked before any weight is read
         row.update(
             policy=c.get("policy", ""), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
             balancer=c["balancer"]["name"], decoding=c["decoding"]["name"], gamma=getattr(dec, "gamma", None),
             speculative_execution=bool(comps.prefetch.speculative_execution), cpu_dtype=str(c.get("cpu_dtype")),
             workload=c["workload"]["name"], prompts=len(wl.prompts), new_tokens=wl.max_new_tokens,
-            batch=wl.batch_size, seed=int(c.get("seed", 0)), **budget.row(plan.spec),
+            batch=wl.batch_size, seed=int(c.get("seed", 0)), **budget.row(plan.spec), **wl.describe(),
         )
         torch.manual_seed(int(c.get("seed", 0)))
         om = MODELS.get(c["model"], device, plan)
@@ -242,7 +246,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                 raise ConfigError("record_trace=true records a model's own routing; it cannot be combined with "
                                   "routing=replay")
             batches, new_tokens = routing.workload(int(om.config.vocab_size))
-            ppl_ids: list[int] = []  # the reference text's routing is not in the trace
+            ppl_ids: list[list[int]] = []  # the reference text's routing is not in the trace
             script = routing.speculation()
             if script and not hasattr(dec, "follow"):
                 raise ConfigError(f"the trace {routing.path} was recorded with speculative decoding: replay it with "
@@ -256,7 +260,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                        batch=len(batches[0]))
         else:
             batches, new_tokens = wl.batches(om.tokenizer.encode), wl.max_new_tokens
-            ppl_ids = om.tokenizer.encode(wl.reference_text)[: wl.ppl_tokens] if wl.reference_text else []
+            ppl_ids = wl.ppl_ids(om.tokenizer.encode)
 
         want_ref = str(c.get("reference", "auto")).lower()
         ref_tokens, ppl_ref = None, NAN
@@ -266,7 +270,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                 om.reference.materialize()
             with om.using(routing.wrap(om.reference, om)):
                 ref_gen = dec.generate(om, batches, new_tokens)
-                ppl_ref = perplexity(om, ppl_ids) if ppl_ids else NAN
+                ppl_ref = corpus_perplexity(om, ppl_ids)
             ref_tokens = ref_gen.new_tokens
             per_token = ref_gen.decode_ms_per_token()
             if per_token:  # the un-offloaded model's speed, same prompts (its first steps include warm-up)
@@ -313,14 +317,18 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
                        cpu_ms=executor.cpu_worker.busy_ms, cpu_wait_ms=executor.cpu_worker.wait_ms)
         executor.reset()
         with through_executor(om, executor, comps):
-            ppl = perplexity(om, ppl_ids) if ppl_ids else NAN
+            ppl = corpus_perplexity(om, ppl_ids)
         row.update(metrics)
         row.update(
             token_agreement=token_agreement(gen.new_tokens, ref_tokens) if ref_tokens is not None else NAN,
-            ppl=ppl, ppl_ref=ppl_ref, ppl_delta=ppl - ppl_ref,
+            ppl=ppl, ppl_ref=ppl_ref, ppl_delta=ppl - ppl_ref, ppl_docs=len(ppl_ids),
+            ppl_tokens_scored=sum(max(0, len(d) - 1) for d in ppl_ids),
             output_sample=om.tokenizer.decode(gen.new_tokens[0])[:200] if gen.new_tokens else "",
             status="ok",
         )
+        if eval_tasks:  # task scores (lm-evaluation-harness) through the executor, last: if a task fails, the
+            with through_executor(om, executor, comps):  # row still holds every measurement above
+                row.update(score_tasks(om, dec, c, eval_tasks, row["run_id"], experiment))
     except BaseException as e:
         row["status"] = "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted"
         row["error"] = f"{type(e).__name__}: {e}"

@@ -21,8 +21,11 @@ NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.py") if p.stem n
 # shorter sweeps than the experiments' own, same code paths (the notebook draws whatever points exist)
 SHORTER = {
     "budget_sweep": ["policy=on_demand,oracle", "budget.fraction=0.25,0.5"],
-    "spec_exec_accuracy": ["prefetch.distance=1"],
-    "spac_ablation": ["+experiment/spac_variant=spac,sd_on_demand,ar_binary"],
+    "spec_exec_accuracy": ["prefetch.distance=1", "workload.num_prompts=2"],  # both workloads
+    "spac_ablation": ["+experiment/spac_variant=spac,sd_on_demand,ar_binary", "workload=builtin"],
+    "spec_exec_tasks": ["+experiment/predictor=qhs_d1", "workload.num_prompts=1", "workload.prompt_lines=4",
+                        "workload.ppl_docs=1", "eval.limit=2", "eval.max_length=96", "eval.gen_kwargs={max_gen_toks:4}",
+                        "eval.bootstrap_iters=0"],
 }
 
 

@@ -98,10 +98,12 @@ def plot_budget_sweep(rows: pd.DataFrame, title: str = "Hit rate and TPOT vs GPU
 # --- speculative execution: accuracy vs speed ---------------------------------------------------------------------
 
 def spec_exec_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (lookahead distance, speculative execution): accuracy, changed choices, speed, bytes."""
+    """One row per (workload, lookahead distance, speculative execution): accuracy, changed choices, speed,
+    bytes."""
     df = rows
     decoded = df["decode_tokens"].astype(float).replace(0, np.nan)
     table = pd.DataFrame({
+        "workload": df["workload"].astype(str) if "workload" in df else "builtin",
         "distance": df["cfg.prefetch.distance"].astype(int),
         "speculative_execution": df["speculative_execution"].astype(bool),
         "token_agreement": df["token_agreement"].astype(float),
@@ -111,27 +113,29 @@ def spec_exec_table(rows: pd.DataFrame) -> pd.DataFrame:
         "hit_rate": df["hit_rate"].astype(float),
         "demand_mib_per_token": df["h2d_bytes_demand"].astype(float) / MIB / decoded,
     })
-    return (table.groupby(["distance", "speculative_execution"]).mean().reset_index()
-            .sort_values(["distance", "speculative_execution"], ignore_index=True))
+    keys = ["workload", "distance", "speculative_execution"]
+    return table.groupby(keys).mean().reset_index().sort_values(keys, ignore_index=True)
 
 
 def plot_spec_exec(rows: pd.DataFrame, title: str = "Speculative execution: accuracy vs speed (qhs)") -> Figure:
-    """Grouped bars per lookahead distance, speculative execution off vs on: token agreement, perplexity
-    delta, TPOT, demand-fetched MiB per token."""
+    """Grouped bars per lookahead distance (and workload, when there are several), speculative execution off
+    vs on: token agreement, perplexity delta, TPOT, demand-fetched MiB per token."""
     table = spec_exec_table(rows)
+    several = table["workload"].nunique() > 1
+    table["group"] = [f"{w}\nd={d}" if several else f"d={d}" for w, d in zip(table["workload"], table["distance"])]
     fig = new_figure(12.0, 3.6)
     axes = fig.subplots(1, 4)
     panels = [("token_agreement", "token agreement"), ("ppl_delta", "perplexity delta"), ("tpot_ms", "TPOT (ms)"),
               ("demand_mib_per_token", "demand MiB / token")]
-    distances = sorted(table["distance"].unique())
-    x = np.arange(len(distances))
+    groups = list(dict.fromkeys(table["group"]))
+    x = np.arange(len(groups))
     width = 0.38
     for ax, (col, ylabel) in zip(axes, panels):
         for i, on in enumerate((False, True)):
-            part = table[table["speculative_execution"] == on].set_index("distance").reindex(distances)
+            part = table[table["speculative_execution"] == on].set_index("group").reindex(groups)
             ax.bar(x + (i - 0.5) * width, part[col].to_numpy(dtype=float), width,
                    label="speculative execution" if on else "fetch the router's choice")
-        ax.set_xticks(x, [f"d={d}" for d in distances])
+        ax.set_xticks(x, groups, fontsize="small" if several else None)
         ax.set_ylabel(ylabel)
         ax.grid(True, axis="y", alpha=0.3)
     axes[0].set_ylim(0.0, 1.05)
@@ -150,6 +154,8 @@ SPAC_COLS = {"tokens_per_s": "tokens / s", "hit_rate": "expert hit rate", "cpu_s
 def spac_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per variant (label): tokens/s, hit rate, CPU share, draft acceptance, bytes per token."""
     df = with_labels(rows)
+    if "workload" in df and df["workload"].nunique() > 1:  # the workload axis: one bar per variant and workload
+        df = df.assign(label=df["label"] + " · " + df["workload"].astype(str))
     out = pd.DataFrame({"label": df["label"]})
     for col in SPAC_COLS:
         out[col] = df[col].astype(float) if col in df else np.nan

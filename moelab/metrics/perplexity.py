@@ -1,4 +1,4 @@
-"""Perplexity of the workload's reference text under whichever backend the model is using."""
+"""Perplexity of the workload's documents under whichever backend the model is using."""
 
 from __future__ import annotations
 
@@ -11,12 +11,20 @@ from moelab.decoding.base import forward_step
 from moelab.models.offloaded import OffloadedModel
 
 
-@torch.no_grad()
 def perplexity(om: OffloadedModel, ids: list[int]) -> float:
-    """exp(mean next-token NLL) over `ids`, one teacher-forced forward pass."""
-    if len(ids) < 2:
-        return float("nan")
-    x = torch.tensor([ids], dtype=torch.long, device=om.device)
-    logits, _ = forward_step(om, "score", x, None, None)
-    nll = F.cross_entropy(logits[0, :-1].float(), x[0, 1:], reduction="mean")
-    return math.exp(nll.item())
+    """exp(mean next-token NLL) over one document's `ids`."""
+    return corpus_perplexity(om, [ids])
+
+
+@torch.no_grad()
+def corpus_perplexity(om: OffloadedModel, docs: list[list[int]]) -> float:
+    """exp(total next-token NLL / predicted tokens) over documents, one forward pass each; NaN without any."""
+    total, count = 0.0, 0
+    for ids in docs:
+        if len(ids) < 2:
+            continue
+        x = torch.tensor([ids], dtype=torch.long, device=om.device)
+        logits, _ = forward_step(om, "score", x, None, None)
+        total += F.cross_entropy(logits[0, :-1].float(), x[0, 1:], reduction="sum").item()
+        count += len(ids) - 1
+    return math.exp(total / count) if count else float("nan")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from moelab.core.errors import ConfigError
+
+Encode = Callable[[str], list[int]]
 
 
 class Workload:
@@ -18,6 +20,7 @@ class Workload:
         num_prompts: int | None = None,
         reference_text: str | None = None,
         ppl_tokens: int = 128,
+        ppl_docs: int = 1,
     ):
         if int(max_new_tokens) < 1:
             raise ConfigError(f"workload.max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -27,6 +30,8 @@ class Workload:
             raise ConfigError(f"workload.num_prompts must be >= 1 (or null for all), got {num_prompts}")
         if int(ppl_tokens) < 0:
             raise ConfigError(f"workload.ppl_tokens must be >= 0 (0 skips perplexity), got {ppl_tokens}")
+        if int(ppl_docs) < 0:
+            raise ConfigError(f"workload.ppl_docs must be >= 0 (0 skips perplexity), got {ppl_docs}")
         prompts = [str(p) for p in prompts]
         if not prompts or any(not p for p in prompts):
             raise ConfigError("workload.prompts must be a non-empty list of non-empty strings")
@@ -35,8 +40,29 @@ class Workload:
         self.batch_size = int(batch_size)
         self.reference_text = reference_text
         self.ppl_tokens = int(ppl_tokens)
+        self.ppl_docs = int(ppl_docs)
 
-    def batches(self, encode) -> list[list[list[int]]]:
+    def prepare(self, encode: Encode) -> None:
+        """Settle the prompts once the tokenizer is known (before any weight is read). Workloads that filter
+        prompts by their token length do it here, and fail here when nothing is left."""
+
+    def ppl_texts(self) -> list[str]:
+        """The documents perplexity is measured on (at most `ppl_docs`)."""
+        return [self.reference_text][: self.ppl_docs] if self.reference_text else []
+
+    def ppl_ids(self, encode: Encode) -> list[list[int]]:
+        """Token ids of the perplexity documents, each cut to its first `ppl_tokens` tokens."""
+        if self.ppl_tokens == 0:
+            return []
+        ids = [encode(t)[: self.ppl_tokens] for t in self.ppl_texts()]
+        return [i for i in ids if len(i) >= 2]
+
+    def describe(self) -> dict[str, str]:
+        """Columns the run's row gets about where the prompts came from."""
+        return {}
+
+    def batches(self, encode: Encode) -> list[list[list[int]]]:
         """Token ids of the prompts, grouped into batches of `batch_size`."""
+        self.prepare(encode)
         ids = [encode(p) for p in self.prompts]
         return [ids[i : i + self.batch_size] for i in range(0, len(ids), self.batch_size)]

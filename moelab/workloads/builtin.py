@@ -37,8 +37,9 @@ class BuiltinWorkload(Workload):
         num_prompts: int | None = None,
         reference_text: str | None = None,
         ppl_tokens: int = 128,
+        ppl_docs: int = 1,
     ):
         super().__init__(
             prompts if prompts is not None else PROMPTS, max_new_tokens, batch_size, num_prompts,
-            reference_text if reference_text is not None else REFERENCE_TEXT, ppl_tokens,
+            reference_text if reference_text is not None else REFERENCE_TEXT, ppl_tokens, ppl_docs,
         )

@@ -1,0 +1,134 @@
+"""lm-eval tasks of a run (`eval.*` in the config): names checked before any weight loads, scores into the row.
+
+Task names are looked up in moelab's own task folder (moelab/eval/task_configs), in `eval.include_path`,
+and, unless `eval.include_defaults=false`, in lm-eval's bundled tasks (indexing those takes ~25 s).
+The full lm-eval results JSON is written beside the run as `<results_dir>/<experiment>/<run_id>/lm_eval.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from moelab.core.errors import ConfigError, MissingDependencyError
+
+OWN_TASKS = Path(__file__).resolve().parent / "task_configs"
+_MANAGERS: dict[tuple, Any] = {}
+
+
+def _eval_cfg(c: Mapping[str, Any]) -> Mapping[str, Any]:
+    ev = c.get("eval") or {}
+    return ev if isinstance(ev, Mapping) else {}
+
+
+def requested_tasks(c: Mapping[str, Any]) -> list[str]:
+    tasks = _eval_cfg(c).get("tasks") or []
+    if isinstance(tasks, str):
+        tasks = tasks.split(",")
+    return [str(t).strip() for t in tasks if str(t).strip()]
+
+
+def task_manager(ev: Mapping[str, Any]) -> Any:
+    """lm-eval's task index over moelab's tasks, the user's folders and (optionally) lm-eval's own; cached."""
+    try:
+        from lm_eval.tasks import TaskManager
+    except ImportError:
+        raise MissingDependencyError("eval.tasks needs lm-evaluation-harness: pip install 'moelab[eval]'") from None
+    extra = ev.get("include_path") or []
+    paths = [str(OWN_TASKS)] + [str(Path(str(p)).expanduser()) for p in ([extra] if isinstance(extra, str) else extra)]
+    for p in paths[1:]:
+        if not Path(p).exists():
+            raise ConfigError(f"eval.include_path {p} does not exist (a folder of lm-eval task YAML files)")
+    key = (tuple(paths), bool(ev.get("include_defaults", True)))
+    if key not in _MANAGERS:
+        _MANAGERS[key] = TaskManager(include_path=paths, include_defaults=key[1])
+    return _MANAGERS[key]
+
+
+def check_tasks(c: Mapping[str, Any]) -> list[str]:
+    """The run's task names, each known to lm-eval (else one ConfigError naming it); [] when none asked."""
+    tasks = requested_tasks(c)
+    if not tasks:
+        return []
+    routing = c.get("routing") if isinstance(c.get("routing"), Mapping) else {}
+    if routing.get("name") == "replay":
+        raise ConfigError("eval.tasks runs new text through the model; a replayed trace only holds the routing of "
+                          "its own prompts: use routing=native")
+    ev = _eval_cfg(c)
+    known = set(task_manager(ev).all_tasks)
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        own = sorted(p.stem for p in OWN_TASKS.glob("*.yaml"))
+        where = "" if ev.get("include_defaults", True) else " (eval.include_defaults=false: lm-eval's own tasks off)"
+        raise ConfigError(f"unknown lm-eval task(s) {', '.join(unknown)}{where}; moelab's tasks: {', '.join(own)}; "
+                          "list lm-eval's with `lm_eval ls tasks`, or add a folder of task YAMLs with "
+                          "eval.include_path=DIR")
+    return tasks
+
+
+def score_columns(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """lm-eval's per-task metrics as row columns: `task_score.<task>.<metric>` (filter appended unless none;
+    stderr as `<metric>_stderr`), and `task_samples.<task>` (examples scored)."""
+    row = {}
+    for task, metrics in results.items():
+        for key, value in metrics.items():
+            metric, _, filt = key.partition(",")
+            if not isinstance(value, int | float) or isinstance(value, bool) or metric == "alias":
+                continue
+            if metric == "sample_len":
+                row[f"task_samples.{task}"] = float(value)
+                continue
+            name = metric if filt in ("", "none") else f"{metric}_{filt}"
+            row[f"task_score.{task}.{name}"] = float(value)
+    return row
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    from lm_eval.utils import handle_non_serializable
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=handle_non_serializable))
+    tmp.replace(path)
+
+
+def score_tasks(om: Any, decoding: Any, c: Mapping[str, Any], tasks: list[str], run_id: str,
+                experiment: str) -> dict[str, Any]:
+    """Run the tasks on the model as it is now wired (through the executor in a run); the row's new columns."""
+    from lm_eval import evaluator
+
+    from moelab.eval.lm import MoelabLM
+    from moelab.workloads._hf_datasets import go_offline, hub_reachable
+
+    ev = _eval_cfg(c)
+    if not hub_reachable():
+        go_offline()  # a task whose data is not cached then fails at once instead of retrying for minutes
+    limit = ev.get("limit")
+    seed = int(c.get("seed", 0))
+
+    def evaluate(bootstrap_iters: int) -> dict:
+        return evaluator.simple_evaluate(
+            model=MoelabLM(om, decoding, max_length=ev.get("max_length"), progress=bool(c.get("progress", True))),
+            tasks=tasks, task_manager=task_manager(ev), num_fewshot=ev.get("num_fewshot"),
+            limit=float(limit) if limit is not None and float(limit) < 1 else (int(limit) if limit else None),
+            gen_kwargs=dict(ev["gen_kwargs"]) if ev.get("gen_kwargs") else None,
+            bootstrap_iters=bootstrap_iters, log_samples=bool(ev.get("log_samples", False)),
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+        )
+
+    iters = int(ev.get("bootstrap_iters", 1000))
+    try:
+        out = evaluate(iters)
+    except OverflowError:  # lm-eval's bootstrap of a perplexity near float max (an untrained model): no stderr
+        if iters == 0:
+            raise
+        print("warning: lm-eval's bootstrap standard error overflowed (perplexities near float max); "
+              "scoring again with eval.bootstrap_iters=0", file=sys.stderr)
+        out = evaluate(0)
+    path = Path(str(c.get("results_dir", "results"))) / experiment / run_id / "lm_eval.json"
+    write_json_atomic(path, out)
+    return {**score_columns(out["results"]), "eval_tasks": ",".join(tasks), "lm_eval_path": str(path)}
