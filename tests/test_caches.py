@@ -13,7 +13,9 @@ from moelab.core.types import ExpertKey
 from moelab.decoding.autoregressive import AutoregressiveDecoding
 from moelab.metrics.belady import belady_misses
 from moelab.models.plain import PlainModel
+from moelab.runner import run
 from tests.conftest import make_executor, offloaded_copy, random_prompts, tiny_hf_model
+from tests.test_static_cache import runner_cfg
 
 DEC = AutoregressiveDecoding()
 
@@ -115,3 +117,12 @@ def test_new_caches_keep_inference_exact(cache):
     assert all(torch.equal(a, b) for a, b in zip(ref.logits, out.logits))
     assert ex.counters.evictions > 0
     assert all(isinstance(k, ExpertKey) for k in ex.cache.table)
+
+
+def test_belady_through_the_runner_copies_no_more_than_lru(tmp_path):
+    """The runner gives cache=belady the routing of a first, untimed pass (as it does the oracle's)."""
+    rows = {c: run(runner_cfg(tmp_path, f"cache={c}", "budget.gpu_experts=5", "reference=false"))
+            for c in ("lru", "belady")}
+    copied = {c: r["h2d_bytes_demand"] + r["h2d_bytes_prefill"] for c, r in rows.items()}
+    assert all(r["status"] == "ok" for r in rows.values())
+    assert copied["belady"] < copied["lru"]
