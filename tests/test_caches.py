@@ -98,7 +98,7 @@ def test_lfu_rejects_a_bad_decay():
         registry.build("cache", {"name": "lfu", "decay": 1.5})
 
 
-@pytest.mark.parametrize("cache", ["fifo", "lfu", "belady"])
+@pytest.mark.parametrize("cache", ["fifo", "lfu", "belady", "spac_released"])
 def test_new_caches_keep_inference_exact(cache):
     plain = tiny_hf_model("mixtral")
     om = offloaded_copy(plain)

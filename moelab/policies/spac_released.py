@@ -33,6 +33,9 @@ from moelab.policies.utility import UtilityEstimator
 
 
 class ReleasedSpacEngine:
+    """Levels, slot levels, the multi-level queue and the prefetch thread's decisions (the copies, each with the
+    slot it frees); the prefetch policy feeds it routing events, the cache policy performs its victims."""
+
     def __init__(self, levels: int = 5, up: int = 5, down: int = 1, threshold: int = 1):
         if isinstance(threshold, bool) or not 1 <= int(threshold) <= int(levels):
             raise ConfigError(f"threshold must be an integer level in 1..{levels}, got {threshold!r}")
