@@ -87,12 +87,12 @@ def test_vectors_saved_from_a_run_are_loaded_fixed(model, tmp_path):
     x = torch.tensor([random_prompts(1, 256, lengths=(7,))[0]])
     _, look = one_call(om, RecordingQhs(state="default_vectors"), x)
     path = save_default_vectors(look, tmp_path / "dv.pt")
-    policy = registry.build("prefetch", {"name": "qhs", "state": "default_vectors", "defaults": str(path)})
+    policy = registry.build("prefetch", {"name": "qhs", "state": "default_vectors", "defaults_file": str(path)})
     _, fixed = one_call(om, policy, x)
     assert fixed.fixed_defaults and not fixed.expert_seen  # fixed vectors: nothing estimated
     for layer, table in look.expert_defaults.items():
         assert torch.equal(fixed.expert_defaults[layer], table)
     with pytest.raises(ConfigError, match="default_vectors"):
-        registry.build("prefetch", {"name": "qhs", "state": "post_attn", "defaults": str(path)})
+        registry.build("prefetch", {"name": "qhs", "state": "post_attn", "defaults_file": str(path)})
     with pytest.raises(ConfigError, match="default_decay"):
         registry.build("prefetch", {"name": "qhs", "state": "default_vectors", "default_decay": 1.0})

@@ -242,7 +242,7 @@ class Lookahead:
 
 def save_default_vectors(lookahead: Lookahead, path: str | Path) -> Path:
     """Write the per-expert default vectors a run estimated (state=default_vectors) to `path`, for later runs'
-    `prefetch.defaults=PATH` (fixed vectors from a calibration workload, as the released code uses). Atomic."""
+    `prefetch.defaults_file=PATH` (fixed vectors from a calibration workload, as the released code uses). Atomic."""
     spec = lookahead.om.spec
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
