@@ -75,7 +75,7 @@ class Prediction:
         return out
 
 
-LOOKAHEAD_STATES = ("post_attn", "post_attn_default", "layer_output")
+LOOKAHEAD_STATES = ("post_attn", "post_attn_default", "default_vectors", "layer_output")
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,8 @@ class LookaheadSpec:
     scorer: str = "router"  # "router": layer l+d's own router | "mlp": learned predictors
     mlp_path: str | None = None
     mlp_layers: tuple[int, ...] | None = None  # target layers scored by the MLP (None: all it has)
+    default_decay: float = 0.9  # post_attn_default / default_vectors: weight of the past in the running means
+    defaults_path: str | None = None  # default_vectors: per-expert vectors from a file (fixed), not estimated
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,12 @@ all three are here and `prediction_topk_recall` measures them):
   is read by layer l's one host sync (no extra round trip). It lacks layer l's MoE update.
 - `post_attn_default`: the same plus a running mean (over past tokens) of layer l's MoE-block
   output, a "default vector" standing in for the update that is still missing.
+- `default_vectors`: Speculating Experts' released code: the same residual plus the gate-weighted
+  sum of per-expert default vectors of layer l, s_l + sum_k w_{l,k} d_{l,k}, with layer l's own
+  routing (its router's top-k weights and experts, known before its experts run). d_{l,e} is a
+  running mean (EMA per layer call, `default_decay`) of expert e's unweighted outputs, read from the
+  executor's output taps; or, as the released code loads precomputed ones, fixed vectors from a file
+  (`save_default_vectors` writes one from a run). An expert not yet seen contributes nothing.
 - `layer_output`: layer l's output residual, i.e. layer l+1's input minus layer l+1's attention.
   Closest to the truth, but it exists only after layer l's experts ran: the copies overlap only
   layer l+1's attention (for d=1), and reading it costs a host sync of its own.
@@ -21,7 +27,9 @@ hidden states say nothing about the replayed routing, so the trace's recorded pr
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -71,7 +79,7 @@ class Lookahead:
         scorer: Scorer | None = None,
         replay: Any = None,
         keep_router_logits: bool = False,
-        default_decay: float = 0.9,
+        default_decay: float | None = None,
     ):
         spec = spec or LookaheadSpec(distance=len(om.spec.moe_layers))  # router logits only, no prediction
         if spec.state not in STATES:
@@ -87,8 +95,15 @@ class Lookahead:
         self.scorer = scorer or RouterScorer(om)
         self.replay = replay
         self.keep_router_logits = keep_router_logits
-        self.default_decay = default_decay
+        self.default_decay = spec.default_decay if default_decay is None else default_decay
         self.defaults: dict[int, torch.Tensor] = {}
+        # default_vectors: layer -> [experts, hidden] float32, and which experts have an estimate
+        self.expert_defaults: dict[int, torch.Tensor] = {}
+        self.expert_seen: dict[int, torch.Tensor] = {}
+        self.fixed_defaults = spec.defaults_path is not None
+        if self.fixed_defaults:
+            self._load_defaults(Path(spec.defaults_path))
+        self._states: dict[int, torch.Tensor] = {}  # layer -> post-attention residual of the current call
         self._predicting = False
         self._hooks: list[Any] = []
 
@@ -106,12 +121,19 @@ class Lookahead:
             target = moe[i + d]
             if self.spec.state == "layer_output":
                 self._hooks.append(layers[layer].register_forward_hook(self._after_layer(layer, target)))
+            elif self.spec.state == "default_vectors":
+                block = adapter.moe_block(layers[layer])
+                norm = adapter.pre_moe_norm(layers[layer])
+                self._hooks.append(norm.register_forward_pre_hook(self._keep_state(layer)))
+                self._hooks.append(adapter.router(block).register_forward_hook(self._after_router(layer, target)))
             else:
                 norm = adapter.pre_moe_norm(layers[layer])
                 self._hooks.append(norm.register_forward_pre_hook(self._before_experts(layer, target)))
             if self.spec.state == "post_attn_default":
                 block = adapter.moe_block(layers[layer])
                 self._hooks.append(block.register_forward_hook(self._track_default(layer)))
+        if self.spec.state == "default_vectors" and not self.fixed_defaults:
+            self.executor.output_taps.append(self._track_expert_outputs)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -119,6 +141,8 @@ class Lookahead:
             h.remove()
         self._hooks = []
         self.executor.router_logits.clear()
+        if self._track_expert_outputs in self.executor.output_taps:
+            self.executor.output_taps.remove(self._track_expert_outputs)
 
     # ---------------------------------------------------------------- hooks
     def _rank(self, source: int, target: int, state: torch.Tensor) -> torch.Tensor:
@@ -148,6 +172,59 @@ class Lookahead:
             self.executor.predict_now(source, target, self._rank(source, target, h))
         return hook
 
+    def _keep_state(self, layer: int):
+        def hook(module, args):
+            if not self._predicting:
+                self._states[layer] = args[0]
+        return hook
+
+    def _after_router(self, source: int, target: int):
+        """Layer l's router has chosen: s_l + sum_k w_k d_{l, e_k} goes through layer l+d's norm and router."""
+        def hook(module, args, output):
+            if self._predicting or source not in self._states:
+                return
+            s = self._states.pop(source)
+            h = s.reshape(-1, s.shape[-1])
+            table = self.expert_defaults.get(source)
+            if table is not None and self.replay is None:
+                weights, idx = output[1].detach(), output[2]
+                dv = (weights.float().reshape(*idx.shape, 1) * table[idx.reshape(idx.shape[0], -1)]).sum(1)
+                h = h + dv.to(h.dtype)
+            self.executor.stage_prediction(source, target, self._rank(source, target, h))
+        return hook
+
+    def _track_expert_outputs(self, layer: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
+                              rows: torch.Tensor) -> None:
+        """Fold one layer call's per-expert mean output (the weighted rows divided by their weights) into the
+        expert's running mean; (token, k) pairs of weight 0 say nothing about the output and are skipped."""
+        with torch.no_grad():
+            w = top_k_weights.reshape(-1).float()
+            ok = w != 0
+            idx = top_k_index.reshape(-1)[ok]
+            y = rows.float()[ok] / w[ok, None]
+            n = self.om.spec.num_experts
+            sums = torch.zeros(n, y.shape[-1], device=y.device).index_add_(0, idx, y)
+            counts = torch.bincount(idx, minlength=n)
+            used = counts > 0
+            mean = sums[used] / counts[used, None]
+            table = self.expert_defaults.setdefault(layer, torch.zeros(n, y.shape[-1], device=y.device))
+            seen = self.expert_seen.setdefault(layer, torch.zeros(n, dtype=torch.bool, device=y.device))
+            d = self.default_decay
+            old = table[used]
+            table[used] = torch.where(seen[used, None], d * old + (1 - d) * mean, mean)
+            seen |= used
+
+    def _load_defaults(self, path: Path) -> None:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        spec = self.om.spec
+        want = (list(spec.moe_layers), spec.num_experts, spec.hidden_size)
+        got = (data.get("moe_layers"), data.get("num_experts"), data.get("hidden_size"))
+        if got != want:
+            raise ConfigError(f"default vectors {path} are for MoE layers / experts / hidden size {got}; this model "
+                              f"has {want}")
+        device = self.om.device
+        self.expert_defaults = {int(k): v.float().to(device) for k, v in data["default_vectors"].items()}
+
     def _track_default(self, layer: int):
         def hook(module, args, output):
             y = output[0] if isinstance(output, tuple) else output
@@ -161,3 +238,15 @@ class Lookahead:
             if not self._predicting:
                 self.executor.router_logits[layer] = output[0].detach()
         return hook
+
+
+def save_default_vectors(lookahead: Lookahead, path: str | Path) -> Path:
+    """Write the per-expert default vectors a run estimated (state=default_vectors) to `path`, for later runs'
+    `prefetch.defaults_file=PATH` (fixed vectors from a calibration workload, as the released code uses). Atomic."""
+    spec = lookahead.om.spec
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"moe_layers": list(spec.moe_layers), "num_experts": spec.num_experts, "hidden_size": spec.hidden_size,
+                "default_vectors": {k: v.cpu() for k, v in lookahead.expert_defaults.items()}}, tmp)
+    os.replace(tmp, path)
+    return path

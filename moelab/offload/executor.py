@@ -13,7 +13,7 @@ the same order, so the result does not depend on which experts were resident.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -99,6 +99,9 @@ class OffloadExecutor:
         # Filled by moelab.models.lookahead: the routers' full logits (for speculative execution), and the
         # predictions computed while a layer runs, read by that layer's one sync.
         self.router_logits: dict[int, torch.Tensor] = {}
+        # Called after each layer call with (layer, top_k_index, top_k_weights, weighted per-(token, k) outputs
+        # [T*K, H]): estimators of the experts' outputs (moelab.models.lookahead's default vectors) read them.
+        self.output_taps: list[Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]] = []
         self.recorder = TimelineRecorder(self.clock, self._compute_stream())
         self.transfers = TransferEngine(store, self.cache, self.recorder, device)
         self.reset()
@@ -395,6 +398,8 @@ class OffloadExecutor:
             self.cpu_worker.finish(job, batch)
         if self.transfers.queue:  # this layer's experts are free to go now: prefetches that waited may start
             self._prefetch((), pinned=set())
+        for tap in self.output_taps:
+            tap(layer, top_k_index, top_k_weights, batch.rows)
         return batch.combine()
 
     def _out_dtype(self, routing: torch.Tensor) -> torch.dtype:

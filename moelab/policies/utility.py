@@ -5,7 +5,8 @@ Two update rules (the paper's text was not available to us; see the closing note
 - `counter` (default; what MoE-SpAc's released code does): an integer level s in 0..levels; with c the
   tokens routed to the expert in this pass, s rises by one when c - s >= up and falls by one when
   s - c >= down. The code's constants are levels=5, up=5, down=1 for gamma=8 (9 tokens a pass); here
-  `up` is ceil(up_frac * tokens in the pass) so that it scales with gamma (up_frac=0.55 gives 5 at 9 tokens).
+  `up` is ceil(up_frac * tokens in the pass) so that it scales with gamma (up_frac=0.55 gives 5 at 9 tokens);
+  a fixed `up` (the code's 5 whatever the pass's size) is what `policy=spac_released` uses.
 - `ema`: u <- beta * u + (1 - beta) * c / tokens (the digest's natural reading of "inertia").
 Scores are normalised to [0, 1] (s / levels for the counter) so prefetch priorities and eviction compare
 in one utility space.
@@ -24,14 +25,17 @@ MODES = ("counter", "ema")
 
 class UtilityEstimator:
     def __init__(self, mode: str = "counter", levels: int = 5, up_frac: float = 0.55, down: int = 1,
-                 beta: float = 0.7):
+                 beta: float = 0.7, up: int | None = None):
         if mode not in MODES:
             raise ConfigError(f"unknown utility mode {mode!r}; allowed: {', '.join(MODES)}")
         if int(levels) < 1 or not 0 < float(up_frac) <= 1 or int(down) < 1 or not 0 <= float(beta) < 1:
             raise ConfigError(f"utility parameters out of range: levels={levels} (>=1), up_frac={up_frac} (0..1], "
                               f"down={down} (>=1), beta={beta} [0..1)")
+        if up is not None and (isinstance(up, bool) or int(up) < 1):
+            raise ConfigError(f"utility up must be an integer >= 1 (or null to scale with up_frac), got {up!r}")
         self.mode, self.levels, self.up_frac, self.down, self.beta = mode, int(levels), float(up_frac), int(down), \
             float(beta)
+        self.up = None if up is None else int(up)
         self.reset()
 
     def reset(self) -> None:
@@ -46,7 +50,7 @@ class UtilityEstimator:
         """Fold one pass's frequency map of `layer` (expert -> tokens routed) into the scores. Touches that layer
         only, so a layer call costs O(experts of the layer), not O(all experts of the model)."""
         scores = self.by_layer.setdefault(layer, {})
-        up = max(1, math.ceil(self.up_frac * tokens))
+        up = self.up if self.up is not None else max(1, math.ceil(self.up_frac * tokens))
         for e in set(scores) | set(counts):
             c = counts.get(e, 0)
             s = scores.get(e, 0.0)

@@ -17,8 +17,8 @@ class UtilityCache(LruCache):
     its own, fed by the same routing events, so `cache=utility` also works under other prefetchers."""
 
     def __init__(self, mode: str = "counter", levels: int = 5, up_frac: float = 0.55, down: int = 1,
-                 beta: float = 0.7):
-        self.own = UtilityEstimator(mode, levels, up_frac, down, beta)
+                 beta: float = 0.7, up: int | None = None):
+        self.own = UtilityEstimator(mode, levels, up_frac, down, beta, up)
         self.estimator = self.own
 
     def share(self, prefetch: PrefetchPolicy) -> None:

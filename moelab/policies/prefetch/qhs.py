@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
@@ -17,7 +19,8 @@ class QhsPrefetch(PrefetchPolicy):
     their copies overlap layer l's compute. Experts predicted by more tokens come first."""
 
     def __init__(
-        self, distance: int = 1, k: int | None = None, state: str = "post_attn", speculative_execution: bool = False
+        self, distance: int = 1, k: int | None = None, state: str = "post_attn", speculative_execution: bool = False,
+        default_decay: float = 0.9, defaults_file: str | None = None,
     ):
         if int(distance) < 1:
             raise ConfigError(f"prefetch.distance must be >= 1, got {distance}")
@@ -25,7 +28,13 @@ class QhsPrefetch(PrefetchPolicy):
             raise ConfigError(f"prefetch.k must be >= 1 (or null for the model's top_k), got {k}")
         if state not in LOOKAHEAD_STATES:
             raise ConfigError(f"unknown prefetch.state {state!r}; allowed: {', '.join(LOOKAHEAD_STATES)}")
-        self.lookahead = self._spec(int(distance), None if k is None else int(k), str(state))
+        if isinstance(default_decay, bool) or not 0 <= float(default_decay) < 1:
+            raise ConfigError(f"prefetch.default_decay must be in [0, 1), got {default_decay!r}")
+        if defaults_file is not None and (state != "default_vectors" or not Path(defaults_file).is_file()):
+            raise ConfigError(f"prefetch.defaults_file={defaults_file} needs prefetch.state=default_vectors and an "
+                              f"existing file (save_default_vectors writes one); got state={state}")
+        self.lookahead = replace(self._spec(int(distance), None if k is None else int(k), str(state)),
+                                 default_decay=float(default_decay), defaults_path=defaults_file and str(defaults_file))
         self.speculative_execution = bool(speculative_execution)
 
     def _spec(self, distance: int, k: int | None, state: str) -> LookaheadSpec:

@@ -20,8 +20,8 @@ class SpacPrefetch(PrefetchPolicy):
     paper's lookahead sensor); with autoregressive decoding it degenerates to the binary signal."""
 
     def __init__(self, mode: str = "counter", levels: int = 5, up_frac: float = 0.55, down: int = 1,
-                 beta: float = 0.7, threshold: float = 0.0):
-        self.estimator = UtilityEstimator(mode, levels, up_frac, down, beta)
+                 beta: float = 0.7, threshold: float = 0.0, up: int | None = None):
+        self.estimator = UtilityEstimator(mode, levels, up_frac, down, beta, up)
         self.threshold = float(threshold)
 
     def reset(self, spec: ModelSpec) -> None:
