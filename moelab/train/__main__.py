@@ -1,6 +1,8 @@
-"""`python -m moelab.train [train=code_moe|tiny] [overrides]`: corpus -> tokenizer -> MoE target -> dense
-draft -> model cards, each stage skipped when its output exists, so a run cut off (e.g. by a 10-minute
-command limit) continues where it stopped when started again with the same config."""
+"""`python -m moelab.train [train=v1|tiny] [only=[name,...]] [overrides]`: corpus -> tokenizer -> each model
+of `train.models` -> model cards. Each stage is skipped when its output exists, so a run cut off (e.g. by a
+10-minute command limit) continues where it stopped when started again with the same config, and the models
+of one version can be trained in separate calls (`only=`) that share the tokenizer.
+"""
 
 from __future__ import annotations
 
@@ -48,7 +50,10 @@ def prepare_data(c: dict[str, Any], out: Path) -> dict[str, Any]:
         size += len(t)
         if size >= corpus["tokenizer_sample_bytes"]:
             break
-    tok = train_tokenizer(sample, c["tokenizer"]["vocab_size"], out / "tokenizer")
+    # A tokenizer already there (made by an earlier call of this version) is kept: models trained in
+    # separate calls must share it.
+    tok = (load_tokenizer(out / "tokenizer") if (out / "tokenizer" / "tokenizer.json").exists()
+           else train_tokenizer(sample, c["tokenizer"]["vocab_size"], out / "tokenizer"))
     n_train = encode_to_file(train_texts, tok, out / "data" / "train.npy")
     n_val = encode_to_file(val_texts, tok, out / "data" / "val.npy")
     meta = {
@@ -78,8 +83,9 @@ def build(spec: dict[str, Any], tok) -> torch.nn.Module:
     return model
 
 
-def stage(name: str, spec: dict[str, Any], c: dict[str, Any], out: Path, tok, device, deadline) -> dict | None:
+def stage(name: str, c: dict[str, Any], out: Path, tok, device, deadline) -> dict | None:
     """Train one model to completion (or to the deadline); save it in HF format when done."""
+    spec = {**c["optim"], **c["models"][name]}
     final = out / name
     if (final / "config.json").exists():
         return json.loads((final / "train_facts.json").read_text())
@@ -96,7 +102,9 @@ def stage(name: str, spec: dict[str, Any], c: dict[str, Any], out: Path, tok, de
         vloss = eval_loss(model, batches)
     facts = {"parameters": sum(p.numel() for p in model.parameters()), "steps": res.steps,
              "train_tokens_seen": res.tokens, "train_wall_s": res.wall_s, "final_train_loss": res.train_loss,
-             "val_loss": vloss, "val_ppl": float(torch.tensor(vloss).exp())}
+             "val_loss": vloss, "val_ppl": float(torch.tensor(vloss).exp()), "arch": spec["arch"],
+             "train_device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+             "train_torch": torch.__version__, "seed": c["seed"]}
     model.config.output_router_logits = False
     model.to(torch.bfloat16).save_pretrained(str(final), max_shard_size=c["max_shard_size"])
     tok.save_pretrained(str(final))
@@ -105,32 +113,45 @@ def stage(name: str, spec: dict[str, Any], c: dict[str, Any], out: Path, tok, de
     return facts
 
 
+def moe_names(c: dict[str, Any]) -> list[str]:
+    return [n for n, m in c["models"].items() if m["arch"] in MOE_ARCHS]
+
+
 @torch.no_grad()
-def finish(c: dict[str, Any], out: Path, meta: dict, tok, device) -> dict[str, Any]:
-    """Model cards for target and draft: routing of the target, the draft's acceptance against it."""
-    target = AutoModelForCausalLM.from_pretrained(str(out / "target"), dtype=torch.float32).to(device).eval()
-    draft = AutoModelForCausalLM.from_pretrained(str(out / "draft"), dtype=torch.float32).to(device).eval()
+def finish(c: dict[str, Any], out: Path, meta: dict, device) -> dict[str, Any]:
+    """Model cards: each target's routing, the draft's acceptance against each target."""
+    def load(name: str):
+        return AutoModelForCausalLM.from_pretrained(str(out / name), dtype=torch.float32).to(device).eval()
+
     rep = c["report"]
     val = TokenWindows(out / "data" / "val.npy", rep["prompt_len"], c["seed"] + 2)
     batches = val.fixed_batches(rep["routing_batches"], 8, device)
-    routing = routing_stats(target, batches, target.config.num_experts_per_tok)
     prompts = [x[:1] for x, _ in val.fixed_batches(rep["acceptance_prompts"], 1, device, seed=99)]
-    acc = greedy_acceptance(target, draft, prompts, rep["gamma"], rep["acceptance_new_tokens"])
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    draft = load(c["draft"])
+    routing, acceptance = {}, {}
+    for name in moe_names(c):
+        target = load(name)
+        routing[name] = routing_stats(target, batches, target.config.num_experts_per_tok)
+        acceptance[name] = greedy_acceptance(target, draft, prompts, rep["gamma"], rep["acceptance_new_tokens"])
+        log(f"{name}: draft acceptance@{rep['gamma']} {acceptance[name]['acceptance_rate']:.3f}")
+        del target
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
     common = {"corpus": "Python source of the stdlib and installed packages (moelab.train.corpus)",
               "corpus_files": meta["train_files"], "corpus_bytes": meta["train_bytes"],
               "corpus_tokens": meta["train_tokens"], "val_files": meta["val_files"], "val_tokens": meta["val_tokens"],
               "held_out_rule": f"sha1(relative path) % 1000 < {meta['val_permille']}",
-              "tokenizer": f"byte-level BPE, {meta['vocab_size']} tokens", "device": gpu,
-              "torch": torch.__version__, "draft_acceptance_gamma": rep["gamma"],
-              "draft_acceptance_rate": acc["acceptance_rate"], "mean_accepted_len": acc["mean_accepted_len"]}
-    summary = {}
-    for name in ("target", "draft"):
+              "tokenizer": f"byte-level BPE, {meta['vocab_size']} tokens", "report_device": where,
+              "torch": torch.__version__, "draft": c["draft"], "draft_acceptance_gamma": rep["gamma"]}
+    summary: dict[str, Any] = {"version": c["name"], "models": {}, "routing": routing, "acceptance": acceptance,
+                               **common}
+    for name in c["models"]:
         facts = json.loads((out / name / "train_facts.json").read_text())
-        write_card(out / name / "README.md", f"moelab {c['name']} {name}", {**facts, **common},
-                   routing if name == "target" else None)
-        summary[name] = facts
-    summary.update(common, routing=routing)
+        accept = ({f"draft_acceptance_rate_vs_{t}": a["acceptance_rate"] for t, a in acceptance.items()}
+                  if name == c["draft"] else {"draft_acceptance_rate": acceptance[name]["acceptance_rate"],
+                                              "mean_accepted_len": acceptance[name]["mean_accepted_len"]})
+        write_card(out / name / "README.md", f"moelab {c['name']}/{name}", {**facts, **common, **accept},
+                   routing.get(name))
+        summary["models"][name] = facts
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -143,21 +164,32 @@ def main(cfg: DictConfig) -> None:
                           ("cpu" if c["device"] == "auto" else c["device"]))
     out = Path(c["out_dir"])
     deadline = time.time() + 60 * c["max_wall_minutes"]
+    only = c.get("only") or list(c["models"])
+    unknown = sorted(set(only) - set(c["models"]))
+    if unknown:
+        print(f"error: only={unknown} names no model of train={c['name']}; allowed: {sorted(c['models'])}",
+              file=sys.stderr)
+        sys.exit(2)
     try:
         meta = prepare_data(c, out)
         tok = load_tokenizer(out / "tokenizer")
-        for name in ("target", "draft"):
-            if stage(name, c[name], c, out, tok, device, deadline) is None:
+        for name in only:
+            if stage(name, c, out, tok, device, deadline) is None:
                 sys.exit(3)
-        summary = finish(c, out, meta, tok, device)
+        missing = [n for n in c["models"] if not (out / n / "config.json").exists()]
+        if missing:
+            log(f"trained {only}; model cards wait for {missing} (train them with only=[...])")
+            return
+        summary = finish(c, out, meta, device)
     except MoelabError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    t, d = summary["target"], summary["draft"]
-    print(f"target: val loss {t['val_loss']:.3f} (ppl {t['val_ppl']:.1f}), {t['steps']} steps, "
-          f"{t['train_wall_s'] / 60:.1f} min | draft: val loss {d['val_loss']:.3f} | "
-          f"acceptance@{summary['draft_acceptance_gamma']} {summary['draft_acceptance_rate']:.3f} | {out}")
-
+    for name, facts in summary["models"].items():
+        acc = summary["acceptance"].get(name)
+        print(f"{name}: val loss {facts['val_loss']:.3f} (ppl {facts['val_ppl']:.2f}), {facts['steps']} steps, "
+              f"{facts['train_wall_s'] / 60:.1f} min"
+              + (f", draft acceptance@{summary['draft_acceptance_gamma']} {acc['acceptance_rate']:.3f}" if acc else ""))
+    print(out)
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from moelab.train.data import TokenWindows
+from moelab.train.router_losses import load_balance, z_loss
 
 
 @dataclass
@@ -35,12 +36,17 @@ def lr_at(step: int, progress: float, lr: float, warmup: int, min_ratio: float) 
     return lr * warm * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, aux_coef: float) -> tuple[torch.Tensor, float]:
-    """Next-token cross-entropy, plus the router load-balancing loss for MoE models."""
-    moe = aux_coef > 0
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, spec: Mapping[str, Any]) -> tuple[torch.Tensor, float]:
+    """Next-token cross-entropy, plus per-layer router balance and z losses for MoE models."""
+    aux_coef, z_coef = spec.get("aux_loss_coef", 0.0), spec.get("z_loss_coef", 0.0)
+    moe = aux_coef > 0 or z_coef > 0
     out = model(input_ids=x, output_router_logits=True) if moe else model(input_ids=x)
     ce = F.cross_entropy(out.logits.float().reshape(-1, out.logits.shape[-1]), y.reshape(-1))
-    loss = ce + aux_coef * out.aux_loss if moe and getattr(out, "aux_loss", None) is not None else ce
+    loss = ce
+    if moe:
+        router_logits = out.router_logits
+        loss = loss + aux_coef * load_balance(router_logits, model.config.num_experts_per_tok)
+        loss = loss + z_coef * z_loss(router_logits)
     return loss, ce.item()
 
 
@@ -95,7 +101,7 @@ def train(
             g["lr"] = lr_at(step, p, spec["lr"], spec["warmup_steps"], spec["min_lr_ratio"])
         x, y = windows.batch(spec["batch_size"], device)
         with autocast:
-            loss, ce = lm_loss(model, x, y, spec.get("aux_loss_coef", 0.0))
+            loss, ce = lm_loss(model, x, y, spec)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec["grad_clip"])

@@ -24,7 +24,8 @@ def eval_loss(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Te
 @torch.no_grad()
 def routing_stats(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]], top_k: int) -> dict:
     """Per layer: fraction of routed tokens per expert, entropy of that load (bits), mean per-token
-    router entropy (bits), and the fraction of consecutive tokens that keep at least one expert."""
+    router entropy (bits), the fraction of consecutive tokens that keep at least one expert, and how many
+    experts receive under 1% of the tokens (almost dead: an offloading study would see fewer experts)."""
     loads: list[torch.Tensor] = []
     tok_entropy: list[float] = []
     keep: list[float] = []
@@ -47,10 +48,14 @@ def routing_stats(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torc
     for li, load in enumerate(loads):
         frac = load / load.sum()
         ent = -(frac * frac.clamp_min(1e-12).log2()).sum().item()
+        token_share = frac * top_k  # share of tokens that route to each expert
         out_layers.append({"layer": li, "load": [round(v, 4) for v in frac.tolist()], "load_entropy_bits": ent,
-                           "token_entropy_bits": tok_entropy[li], "consecutive_overlap": keep[li]})
+                           "token_entropy_bits": tok_entropy[li], "consecutive_overlap": keep[li],
+                           "experts_under_1pct": int((token_share < 0.01).sum().item())})
     num_experts = len(loads[0]) if loads else 0
-    return {"uniform_bits": math.log2(num_experts) if num_experts else 0.0, "layers": out_layers}
+    under = sum(r["experts_under_1pct"] for r in out_layers)
+    return {"uniform_bits": math.log2(num_experts) if num_experts else 0.0, "layers": out_layers,
+            "share_experts_under_1pct": under / max(1, num_experts * len(out_layers))}
 
 
 @torch.no_grad()
@@ -89,10 +94,13 @@ def write_card(path: Path, title: str, facts: Mapping[str, Any], routing: Mappin
     if routing:
         lines += ["", f"## Routing (validation tokens; uniform load entropy = {routing['uniform_bits']:.3f} bits)", "",
                   "| layer | load entropy (bits) | per-token router entropy (bits) | consecutive tokens sharing an "
-                  "expert | max / min expert load |", "|---|---|---|---|---|"]
+                  "expert | max / min expert load | experts under 1% of tokens |", "|---|---|---|---|---|---|"]
         for r in routing["layers"]:
             lines.append(f"| {r['layer']} | {r['load_entropy_bits']:.3f} | {r['token_entropy_bits']:.3f} | "
-                         f"{r['consecutive_overlap']:.3f} | {max(r['load']):.3f} / {min(r['load']):.3f} |")
+                         f"{r['consecutive_overlap']:.3f} | {max(r['load']):.3f} / {min(r['load']):.3f} | "
+                         f"{r['experts_under_1pct']} |")
+        lines += ["", f"Share of (layer, expert) pairs receiving under 1% of tokens: "
+                  f"{routing['share_experts_under_1pct']:.3f}"]
         lines += ["", "Expert load per layer (fraction of routed tokens):", ""]
         for r in routing["layers"]:
             lines.append(f"- layer {r['layer']}: {', '.join(f'{v:.3f}' for v in r['load'])}")
