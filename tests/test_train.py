@@ -26,33 +26,54 @@ def test_corpus_split_is_by_path_hash_and_capped():
     assert sum(len(t.encode()) for _, t in texts) < 100_000 + 500_000  # stops at the first file past the cap
 
 
+def train_cmd(out, *extra):
+    return [sys.executable, "-m", "moelab.train", "train=tiny", f"out_dir={out}", "progress=false",
+            f"hydra.run.dir={out / 'hydra'}", *extra]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """Trained in two calls, as the reference models are: the second reuses the first one's tokenizer."""
     out = tmp_path_factory.mktemp("train")
-    p = subprocess.run([sys.executable, "-m", "moelab.train", "train=tiny", f"out_dir={out}", "progress=false",
-                        f"hydra.run.dir={out / 'hydra'}"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    p = subprocess.run(train_cmd(out, "only=[moe,draft]"), capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
+    assert not (out / "summary.json").exists() and not (out / "moe_fine").exists()  # cards wait for moe_fine
+    tokenizer = (out / "tokenizer" / "tokenizer.json").read_bytes()
+    p = subprocess.run(train_cmd(out, "only=[moe_fine]"), capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (out / "moe_fine" / "tokenizer.json").read_bytes() == tokenizer
     return out
 
 
 def test_tiny_training_run_produces_models_and_cards(trained):
     summary = json.loads((trained / "summary.json").read_text())
     vocab = json.loads((trained / "data" / "meta.json").read_text())["vocab_size"]
-    for name in ("target", "draft"):
-        facts = summary[name]
+    for name in ("moe", "moe_fine", "draft"):
+        facts = summary["models"][name]
         assert facts["steps"] == 20
         assert facts["val_loss"] < torch.log(torch.tensor(float(vocab))).item()  # learned something in 20 steps
         card = (trained / name / "README.md").read_text()
         for fact in ("val_loss", "corpus_bytes", "corpus_tokens", "train_wall_s", "draft_acceptance_rate"):
             assert fact in card
         assert (trained / name / "tokenizer.json").exists()
-    assert "load entropy" in (trained / "target" / "README.md").read_text()
-    assert 0.0 <= summary["draft_acceptance_rate"] <= 1.0
-    assert len(summary["routing"]["layers"]) == 2
+    for target, arch in (("moe", "mixtral"), ("moe_fine", "qwen3_moe")):
+        card = (trained / target / "README.md").read_text()
+        assert "load entropy" in card and "experts under 1% of tokens" in card
+        assert summary["models"][target]["arch"] == arch
+        assert 0.0 <= summary["acceptance"][target]["acceptance_rate"] <= 1.0
+        assert len(summary["routing"][target]["layers"]) == 2
+    assert "draft_acceptance_rate_vs_moe_fine" in (trained / "draft" / "README.md").read_text()
+
+
+def test_unknown_model_name_is_one_line_and_exit_2(tmp_path):
+    p = subprocess.run(train_cmd(tmp_path, "only=[nope]"), capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0, p.stderr
+    assert "nope" in p.stderr and "moe_fine" in p.stderr
+    assert not (tmp_path / "data").exists()  # refused before any corpus is read
 
 
 def test_trained_target_runs_offloaded_and_exact(trained, tmp_path):
-    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "model=code_moe", f"model.path={trained / 'target'}",
+    p = subprocess.run([sys.executable, str(ROOT / "run.py"), "model=code_moe", f"model.path={trained / 'moe'}",
                         "model.dtype=float32", "workload.max_new_tokens=4", "workload.num_prompts=2", "progress=false",
                         f"results_dir={tmp_path}", "logger.console=false", "device=cpu",
                         f"hydra.run.dir={tmp_path / 'h'}"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -105,3 +126,21 @@ def test_dense_training_experts_equal_the_sparse_ones():
         (o.logits.square().mean() + o.aux_loss).backward()
     for (name, a), b in zip(sparse.named_parameters(), dense.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_balance_loss_is_per_layer():
+    """Two layers that starve opposite experts: transformers' loss, which counts load over all layers'
+    logits together, sees a balanced model; the per-layer loss does not."""
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    from moelab.train.router_losses import load_balance, z_loss
+
+    tokens, experts = 64, 4
+    skew = torch.tensor([4.0, 4.0, -4.0, -4.0])
+    layers = (skew.expand(tokens, experts).clone(), (-skew).expand(tokens, experts).clone())
+    uniform = (torch.zeros(tokens, experts) + torch.randn(tokens, experts) * 1e-3,) * 2
+    hf = load_balancing_loss_func(layers, experts, 2)
+    hf_uniform = load_balancing_loss_func(uniform, experts, 2)
+    assert abs(hf.item() - hf_uniform.item()) < 0.05 * hf_uniform.item()  # blind to per-layer starvation
+    assert load_balance(layers, 2).item() > 1.9 and abs(load_balance(uniform, 2).item() - 1.0) < 0.05
+    assert z_loss(layers).item() > z_loss(uniform).item() > 0

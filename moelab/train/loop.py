@@ -36,7 +36,9 @@ def lr_at(step: int, progress: float, lr: float, warmup: int, min_ratio: float) 
     return lr * warm * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
-def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, spec: Mapping[str, Any]) -> tuple[torch.Tensor, float]:
+def lm_loss(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, spec: Mapping[str, Any]
+) -> tuple[torch.Tensor, float]:
     """Next-token cross-entropy, plus per-layer router balance and z losses for MoE models."""
     aux_coef, z_coef = spec.get("aux_loss_coef", 0.0), spec.get("z_loss_coef", 0.0)
     moe = aux_coef > 0 or z_coef > 0

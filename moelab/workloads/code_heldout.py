@@ -1,7 +1,7 @@
 """Prompts cut from the held-out split of the training corpus (the installed Python sources), made at run time.
 
 The held-out files are the ones the trainer never saw: the same path hash and `val_permille` as
-`moelab.train` (its code_moe config holds out 10 per mille). Files are taken in hash order; from each,
+`moelab.train` (its v1 recipe holds out 10 per mille). Files are taken in hash order; from each,
 one prompt of `prompt_lines` lines starts at a line chosen from the file's own hash, so the prompts
 depend only on which files are installed, not on the machine's other state or a seed.
 """
