@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from moelab.core import registry
 from moelab.core.errors import ConfigError, MoelabError
+from moelab.core.types import Execution
 from moelab.metrics.perplexity import perplexity
 from moelab.metrics.summary import (
     prediction_metrics,
@@ -41,7 +42,9 @@ from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available
 from moelab.offload.cpu_worker import parse_cpu_dtype
 from moelab.offload.executor import OffloadExecutor
 from moelab.offload.kernels import ExpertKernel
+from moelab.results.label import policy_label
 from moelab.results.row import base_row, device_name
+from moelab.results.schema import check_row
 from moelab.routing.trace import TracingBackend
 
 NAN = float("nan")
@@ -150,8 +153,8 @@ def model_row(om: OffloadedModel) -> dict[str, Any]:
     }
 
 
-def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dtype: str | None = None
-                  ) -> OffloadExecutor:
+def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dtype: str | None = None,
+                  execution: Execution | None = None) -> OffloadExecutor:
     kernels = {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}
     dtype = parse_cpu_dtype(cpu_dtype)
     if comps.balancer.needs_costs:  # measured once per machine, model shape and CPU dtype, then cached
@@ -161,7 +164,7 @@ def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dty
     comps.cache.share(comps.prefetch)  # caches and balancers that rank by the prefetcher's utility read it
     comps.balancer.share(comps.prefetch)
     executor = OffloadExecutor(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
-                               comps.balancer, cpu_dtype=dtype)
+                               comps.balancer, cpu_dtype=dtype, execution=execution)
     if comps.balancer.uses_cpu:
         executor.cpu_worker.prepare()  # float copies of the weights, if cpu_dtype asks for them, made untimed
     return executor
@@ -170,8 +173,15 @@ def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dty
 def make_lookahead(om: OffloadedModel, executor: OffloadExecutor, prefetch: Any, replay: Any) -> Lookahead | None:
     """The hooks a predicting policy needs (or speculative execution's router logits), else None."""
     spec = prefetch.lookahead
-    if spec is None and not prefetch.speculative_execution:
+    mode = executor.execution.speculative
+    if spec is None and mode == "none":
         return None
+    if mode == "predicted" and (spec is None or spec.scorer != "router" or replay is not None):
+        raise ConfigError("execution.speculative=predicted runs the predicted router's own top_k: it needs "
+                          "prefetch=qhs (router scorer) and routing=native; allowed modes otherwise: none, router")
+    if mode == "predicted" and spec.k is not None and spec.k < om.spec.top_k:
+        raise ConfigError(f"execution.speculative=predicted runs the predicted top_k: prefetch.k={spec.k} must be "
+                          f"null or >= top_k={om.spec.top_k}")
     scorer = None
     if spec is not None and spec.scorer == "mlp":
         if replay is not None:
@@ -185,7 +195,8 @@ def make_lookahead(om: OffloadedModel, executor: OffloadExecutor, prefetch: Any,
                           f"got prefetch.state={spec.state}")
     # under replay the model's own routers did not choose: speculative execution ranks candidates by order
     return Lookahead(om, spec, executor, scorer=scorer, replay=replay,
-                     keep_router_logits=prefetch.speculative_execution and replay is None)
+                     keep_router_logits=mode == "router" and replay is None,
+                     predicted_logits=mode == "predicted")
 
 
 @contextmanager
@@ -216,6 +227,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     t_start = time.time()
     try:
         comps = build_components(c)
+        execution = Execution.from_config(c.get("execution"))
         logger = comps.logger
         device = resolve_device(str(c.get("device", "auto")))
         row.update(device=device.type, device_name=device_name(device))
@@ -226,16 +238,17 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         comps.cache.reset(plan.spec, budget.experts)  # cache params that depend on model and budget, checked early
         wl, dec = comps.workload, comps.decoding
         row.update(
-            policy=c.get("policy", ""), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
+            policy=policy_label(c), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
             balancer=c["balancer"]["name"], decoding=c["decoding"]["name"], gamma=getattr(dec, "gamma", None),
-            speculative_execution=bool(comps.prefetch.speculative_execution), cpu_dtype=str(c.get("cpu_dtype")),
+            speculative_execution=execution.speculates, speculative_mode=execution.speculative,
+            eviction=execution.eviction, compute_order=execution.compute_order, cpu_dtype=str(c.get("cpu_dtype")),
             workload=c["workload"]["name"], prompts=len(wl.prompts), new_tokens=wl.max_new_tokens,
             batch=wl.batch_size, seed=int(c.get("seed", 0)), **budget.row(plan.spec),
         )
         torch.manual_seed(int(c.get("seed", 0)))
         om = MODELS.get(c["model"], device, plan)
         row.update(model_row(om))
-        executor = make_executor(om, budget, comps, c.get("cpu_dtype"))
+        executor = make_executor(om, budget, comps, c.get("cpu_dtype"), execution)
         routing = comps.routing
         if routing.replays:
             if c.get("record_trace"):
@@ -321,6 +334,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             output_sample=om.tokenizer.decode(gen.new_tokens[0])[:200] if gen.new_tokens else "",
             status="ok",
         )
+        check_row(row)
     except BaseException as e:
         row["status"] = "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted"
         row["error"] = f"{type(e).__name__}: {e}"

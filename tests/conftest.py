@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from moelab.core import registry  # noqa: E402
+from moelab.core.types import Execution  # noqa: E402
 from moelab.models.build import offload_hf_model  # noqa: E402
 from moelab.offload.executor import OffloadExecutor  # noqa: E402
 from moelab.offload.kernels import ExpertKernel  # noqa: E402
@@ -46,11 +47,13 @@ def offloaded_copy(model: torch.nn.Module):
     return offload_hf_model(copy.deepcopy(model), "cpu")
 
 
-def make_executor(om, capacity: int, prefetch: str = "none", cache: str = "lru", balancer: str = "gpu_only"):
+def make_executor(om, capacity: int, prefetch: str = "none", cache: str = "lru", balancer: str = "gpu_only",
+                  **execution):
+    """An executor around `om` with registered policies; `execution` keys as in conf/execution/default.yaml."""
     return OffloadExecutor(
         om.store, {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}, om.spec, capacity, om.device,
         registry.build("prefetch", {"name": prefetch}), registry.build("cache", {"name": cache}),
-        registry.build("balancer", {"name": balancer}),
+        registry.build("balancer", {"name": balancer}), execution=Execution(**execution),
     )
 
 

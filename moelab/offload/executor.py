@@ -22,6 +22,7 @@ import torch
 
 from moelab.core.types import (
     CacheView,
+    Execution,
     ExpertKey,
     ModelSpec,
     Placement,
@@ -37,6 +38,7 @@ from moelab.offload.store import ExpertStore
 from moelab.offload.timeline import Timeline, TimelineRecorder
 from moelab.offload.transfer import TransferEngine
 from moelab.policies.base import Balancer, CachePolicy, PrefetchPolicy
+from moelab.policies.eviction import eviction_rule
 
 
 @dataclass
@@ -81,6 +83,7 @@ class OffloadExecutor:
         balancer: Balancer,
         max_prefetch_per_layer: int | None = None,
         cpu_dtype: torch.dtype | None = None,
+        execution: Execution | None = None,
     ):
         self.store = store
         self.kernels = kernels
@@ -92,9 +95,8 @@ class OffloadExecutor:
         self.cache_policy = cache_policy
         self.balancer = balancer
         self.max_prefetch_per_layer = max_prefetch_per_layer
-        # A grouped GEMM pays ~1 us per group, empty or not, and a launch for each call: slots
-        # of one layer closer than this many empty slots share a call.
-        self.max_slot_gap = 8
+        self.execution = execution or Execution()
+        self.eviction = eviction_rule(self.execution.eviction)
         self.cpu_worker = CpuExpertWorker(store, kernels, dtype=cpu_dtype)  # for balancers using the CPU
         # Filled by moelab.models.lookahead: the routers' full logits (for speculative execution), and the
         # predictions computed while a layer runs, read by that layer's one sync.
@@ -123,6 +125,7 @@ class OffloadExecutor:
         self._staged: dict[int, list[tuple[int, torch.Tensor]]] = {}  # source layer -> (target, ranked [T, k'])
         self._requested: dict[int, dict[int, float]] = {}  # layer -> expert -> priority, since the layer last ran
         self._candidates: dict[int, list[list[int]]] = {}  # layer -> per-token predicted experts
+        self._predicted_logits: dict[int, torch.Tensor] = {}  # layer -> predicted router logits [T, E]
         self._plan: dict[ExpertKey, float] = {}  # the policy's latest requests (resident ones too) by priority
         self.router_logits = {}
 
@@ -185,30 +188,14 @@ class OffloadExecutor:
 
     # ------------------------------------------------------------------ slots
     def _allocate(self, key: ExpertKey, pinned: set[ExpertKey], below: float | None = None) -> Slot | None:
-        """A slot for `key`: a free one, else a victim among unpinned residents.
-
-        The policy's latest plan (its last prefetch requests) ranks victims in one space with its prefetches:
-        experts it does not want go first (the cache policy picks among them); then the one it wants least.
-        A prefetch of priority `below` only evicts the least wanted resident, and only if that one is wanted
-        less than itself and not in use now; else it waits (an early prefetch must not cost an extra copy
-        later: with the oracle's plan this is Belady's rule with prefetching).
-        """
+        """A slot for `key`: a free one, else the victim the eviction rule names (moelab.policies.eviction);
+        `below` is a prefetch's priority (None on demand). None: no slot now."""
         slot = self.cache.free_slot()
         if slot is None:
-            plan = self._plan
-            victim = self.cache_policy.victim_where(lambda k: k not in plan and k not in pinned, self.cache.table)
-            if victim is None and below is not None:  # a prefetch evicts only the least wanted resident
-                if any(k not in plan for k in self.cache.table):  # unwanted ones exist but are in use: wait
-                    return None
-                least = min(self.cache.table, key=plan.__getitem__)
-                if least in pinned or plan[least] >= below:
-                    return None
-                victim = least
+            victim = self.eviction.victim(resident=self.cache.table, pinned=pinned, plan=self._plan,
+                                          policy=self.cache_policy, below=below)
             if victim is None:
-                warm = [k for k in self.cache.table if k not in pinned]
-                if not warm:
-                    return None
-                victim = min(warm, key=self._plan.__getitem__)
+                return None
             slot = self.cache.lookup(victim)
             assert slot is not None
             if slot.prefetched and not slot.used:
@@ -251,15 +238,22 @@ class OffloadExecutor:
         self.transfers.pump(allocate, self._step_no, self.max_prefetch_per_layer)
 
     # ------------------------------------------------------------------ predictions
-    def stage_prediction(self, source: int, target: int, ranked: torch.Tensor) -> None:
+    def stage_prediction(self, source: int, target: int, ranked: torch.Tensor,
+                         logits: torch.Tensor | None = None) -> None:
         """A prediction [T, k'] for layer `target`, computed on the device before layer `source`'s experts run;
-        it is read by `source`'s own sync, so predicting costs no extra host round trip."""
+        it is read by `source`'s own sync, so predicting costs no extra host round trip. `logits` [T, E]: the
+        predicted router logits, for `execution.speculative=predicted` (they stay on the device)."""
         self._staged.setdefault(source, []).append((target, ranked))
+        if logits is not None:
+            self._predicted_logits[target] = logits
 
-    def predict_now(self, source: int, target: int, ranked: torch.Tensor) -> None:
+    def predict_now(self, source: int, target: int, ranked: torch.Tensor,
+                    logits: torch.Tensor | None = None) -> None:
         """A prediction made after `source`'s experts ran (it waits for the device) and acted on at once."""
         if self._step is None:
             return
+        if logits is not None:
+            self._predicted_logits[target] = logits
         rows = ranked.tolist()
         self._prefetch(self._dispatch([(target, rows)], source), pinned=set())
 
@@ -269,7 +263,7 @@ class OffloadExecutor:
         requests: list[PrefetchRequest] = []
         view = self.view()
         for target, rows in predictions:
-            if self.prefetch.speculative_execution:
+            if self.execution.speculates:
                 self._candidates[target] = rows
             pred = Prediction(info.step, source, target, info.phase, tuple(tuple(r) for r in rows))
             requests.extend(self.prefetch.on_prediction(pred, view))
@@ -300,6 +294,8 @@ class OffloadExecutor:
         replay) the first top_k candidates run with the router's weights.
         """
         rows = self._candidates.pop(layer, None)
+        if self.execution.speculative == "predicted":
+            return self._run_predicted(rows, self._predicted_logits.pop(layer, None), top_k_index, top_k_weights)
         if rows is None and wanted:
             shared = sorted(wanted, key=lambda e: -wanted[e])
             rows = [shared] * top_k_index.shape[0]
@@ -324,6 +320,21 @@ class OffloadExecutor:
         w = torch.softmax(key.gather(1, pick), dim=1) * top_k_weights.float().sum(dim=1, keepdim=True)
         return idx, w.to(top_k_weights.dtype)
 
+    @staticmethod
+    def _run_predicted(
+        rows: list[list[int]] | None, logits: torch.Tensor | None, top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`execution.speculative=predicted`: each token runs its predicted top_k with the softmax of the predicted
+        router logits over them (as Speculating Experts' released code does); the true router is not used. A
+        layer without a prediction (the first `distance` MoE layers of a step) runs the router's choice."""
+        k = top_k_index.shape[1]
+        if rows is None or logits is None or len(rows) != top_k_index.shape[0] or min(map(len, rows)) < k:
+            return None
+        idx = torch.tensor([r[:k] for r in rows], dtype=top_k_index.dtype, device=top_k_index.device)  # [T, K]
+        w = torch.softmax(logits.float().reshape(idx.shape[0], -1).gather(1, idx), dim=1)  # [T, K]
+        return idx, w.to(top_k_weights.dtype)
+
     # ------------------------------------------------------------------ the MoE layer
     def run_layer(
         self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
@@ -339,7 +350,7 @@ class OffloadExecutor:
         rec = self.recorder
         wanted = self._requested.get(layer)
         speculated = self._speculate(layer, top_k_index, top_k_weights, wanted) \
-            if self.prefetch.speculative_execution else None
+            if self.execution.speculates else None
         staged = self._staged.pop(layer, [])
         parts = [top_k_index.reshape(-1)]
         if speculated is not None:
@@ -407,7 +418,7 @@ class OffloadExecutor:
         order = sorted(group, key=slot_of.__getitem__)
         dev = batch.hidden.device
         kernel = self.kernels[layer]
-        for seg in slot_segments([slot_of[e] for e in order], self.max_slot_gap):
+        for seg in slot_segments([slot_of[e] for e in order], self.execution.max_slot_gap):
             lo, hi = seg[0], seg[-1]
             counts = [0] * (hi - lo + 1)
             rows: list[int] = []
@@ -458,6 +469,8 @@ class OffloadExecutor:
         fetch_more()
         self._prefetch(requests, pinned)  # queued behind this layer's demand copies
         group = present
+        if self.execution.compute_order == "router":  # no overlap inside the layer: one group once all are here
+            group, fetched = sorted(present + fetched), []
         while True:
             if group:
                 self._use_group(layer, group, kinds, batch)

@@ -16,9 +16,7 @@ class QhsPrefetch(PrefetchPolicy):
     moelab.models.lookahead) and its top-`k` experts per token (k=None: the model's top_k) are requested, so
     their copies overlap layer l's compute. Experts predicted by more tokens come first."""
 
-    def __init__(
-        self, distance: int = 1, k: int | None = None, state: str = "post_attn", speculative_execution: bool = False
-    ):
+    def __init__(self, distance: int = 1, k: int | None = None, state: str = "post_attn"):
         if int(distance) < 1:
             raise ConfigError(f"prefetch.distance must be >= 1, got {distance}")
         if k is not None and int(k) < 1:
@@ -26,7 +24,6 @@ class QhsPrefetch(PrefetchPolicy):
         if state not in LOOKAHEAD_STATES:
             raise ConfigError(f"unknown prefetch.state {state!r}; allowed: {', '.join(LOOKAHEAD_STATES)}")
         self.lookahead = self._spec(int(distance), None if k is None else int(k), str(state))
-        self.speculative_execution = bool(speculative_execution)
 
     def _spec(self, distance: int, k: int | None, state: str) -> LookaheadSpec:
         return LookaheadSpec(distance=distance, k=k, state=state)
