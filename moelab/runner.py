@@ -27,14 +27,7 @@ from moelab.core import registry
 from moelab.core.errors import ConfigError, MoelabError
 from moelab.core.types import Execution
 from moelab.metrics.perplexity import perplexity
-from moelab.metrics.summary import (
-    prediction_metrics,
-    run_metrics,
-    signal_metrics,
-    step_table,
-    token_agreement,
-    verify_metrics,
-)
+from moelab.metrics.summary import run_metrics, step_table, token_agreement, verify_metrics
 from moelab.models.build import ModelPlan, materialize, plan_model
 from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
@@ -321,8 +314,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         steps = step_table(gen, timeline)
         metrics = run_metrics(gen, steps, timeline, executor.counters, executor.transfers.count,
                               executor.capacity, om.spec.expert_bytes, row.get("ref_tpot_median_ms"))
-        metrics.update(prediction_metrics(executor.counters), **verify_metrics(gen, executor.counters),
-                       **signal_metrics(executor.counters),
+        metrics.update(executor.observers.row(), **verify_metrics(gen, executor.counters),
                        cpu_ms=executor.cpu_worker.busy_ms, cpu_wait_ms=executor.cpu_worker.wait_ms)
         executor.reset()
         with through_executor(om, executor, comps):

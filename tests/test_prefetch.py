@@ -169,10 +169,12 @@ def test_oracle_with_room_for_one_step_never_fetches_on_demand_after_warm_up():
 
 def test_prediction_recall_is_measured_per_layer():
     ex, _ = _io("oracle", capacity=32)
-    assert ex.counters.recall and all(v[0] == v[1] for v in ex.counters.recall.values())  # the oracle is right
+    recall = ex.observers["prediction_recall"].recall
+    assert recall and all(v[0] == v[1] for v in recall.values())  # the oracle is right
     ex, _ = _io("qhs", capacity=32)
-    assert 0 not in ex.counters.recall  # nothing predicts the first MoE layer of a step
-    assert all(0 <= v[0] <= v[1] for v in ex.counters.recall.values())
+    recall = ex.observers["prediction_recall"].recall
+    assert 0 not in recall  # nothing predicts the first MoE layer of a step
+    assert all(0 <= v[0] <= v[1] for v in recall.values())
 
 
 def test_speculative_execution_runs_the_best_predicted_experts_with_renormalised_weights():
@@ -204,7 +206,8 @@ def test_speculative_execution_avoids_fetches_and_changes_the_output():
     generate(om, exact, batches, 8)
     spec = executor_with(om, 12, QhsPrefetch(), speculative="router")
     out = generate(om, spec, batches, 8)
-    assert spec.counters.spec_pairs > 0 and spec.counters.spec_changed > 0
+    changes = spec.observers["spec_exec"]
+    assert changes.pairs > 0 and changes.changed > 0
     assert spec.transfers.count["demand"] < exact.transfers.count["demand"]
     assert out.new_tokens != ref.new_tokens  # it runs other experts: no longer the model's own output
 

@@ -23,6 +23,7 @@ KIND_PACKAGES: dict[str, str] = {
     "workload": "moelab.workloads",
     "logger": "moelab.loggers",
     "routing": "moelab.routing",
+    "observer": "moelab.observers",
 }
 
 _registry: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_PACKAGES}

@@ -58,6 +58,21 @@ class RoutingEvent:
 
 
 @dataclass(frozen=True)
+class LayerCall:
+    """One MoE layer call as it ran: the router's choice and what was executed, per (token, k) pair, flat [T * K].
+    Observers (moelab.observers) measure from it; `executed` differs from `router_choice` only under
+    speculative execution."""
+
+    step: int
+    layer: int
+    phase: str  # "prefill" | "decode" | "verify"
+    top_k: int
+    router_choice: tuple[int, ...]  # [T * K]
+    executed: tuple[int, ...]  # [T * K]
+    speculative: bool  # speculative execution replaced the router's choice in this call
+
+
+@dataclass(frozen=True)
 class Prediction:
     """A predictor's guess, made while `source_layer` runs, of the experts `layer` will route to."""
 

@@ -24,12 +24,14 @@ from moelab.core.types import (
     CacheView,
     Execution,
     ExpertKey,
+    LayerCall,
     ModelSpec,
     Placement,
     Prediction,
     PrefetchRequest,
     RoutingEvent,
 )
+from moelab.observers.base import Observers
 from moelab.offload.cache import GpuExpertCache, Slot
 from moelab.offload.clock import clock_for
 from moelab.offload.cpu_worker import CpuExpertWorker
@@ -58,16 +60,8 @@ class ExecutorCounters:
     prefetched_used: int = 0
     cpu_uses: int = 0
     evictions: int = 0
-    routing: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)  # (step, layer, experts)
-    # decode-phase prediction scores per layer: [experts predicted and used, experts used, experts predicted,
-    # layer calls with a prediction]; the router's true choice counts, also under speculative execution
-    recall: dict[int, list[int]] = field(default_factory=dict)
-    # verification passes: (step, layer, experts of the pass's first token, tokens per expert over the pass):
-    # the binary signal an autoregressive step would see vs the speculative frequency map (MoE-SpAc)
-    signals: list[tuple[int, int, tuple[int, ...], dict[int, int]]] = field(default_factory=list)
-    decode_layer_calls: int = 0
-    spec_pairs: int = 0  # (token, k) pairs run under speculative execution ...
-    spec_changed: int = 0  # ... of which the executed expert is not the router's choice
+    # what ran: (step, layer, experts executed) per layer call; also the future routing of an in-sample profile
+    routing: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)
 
 
 class OffloadExecutor:
@@ -84,6 +78,7 @@ class OffloadExecutor:
         max_prefetch_per_layer: int | None = None,
         cpu_dtype: torch.dtype | None = None,
         execution: Execution | None = None,
+        observers: Observers | None = None,
     ):
         self.store = store
         self.kernels = kernels
@@ -97,6 +92,7 @@ class OffloadExecutor:
         self.max_prefetch_per_layer = max_prefetch_per_layer
         self.execution = execution or Execution()
         self.eviction = eviction_rule(self.execution.eviction)
+        self.observers = observers if observers is not None else Observers()
         self.cpu_worker = CpuExpertWorker(store, kernels, dtype=cpu_dtype)  # for balancers using the CPU
         # Filled by moelab.models.lookahead: the routers' full logits (for speculative execution), and the
         # predictions computed while a layer runs, read by that layer's one sync.
@@ -119,6 +115,7 @@ class OffloadExecutor:
         self.recorder = TimelineRecorder(self.clock, self._compute_stream())
         self.transfers.reset(self.recorder)
         self.counters = ExecutorCounters()
+        self.observers.reset(self.spec)
         self.cpu_worker.reset()
         self._step: StepInfo | None = None
         self._step_no = -1
@@ -220,6 +217,7 @@ class OffloadExecutor:
     def _prefetch(self, requests: Sequence[PrefetchRequest], pinned: set[ExpertKey]) -> None:
         if requests:
             self.transfers.submit(requests)
+            self.observers.on_requests(self._step_no, requests)
             self._plan = {}  # the latest plan replaces the last
             for r in requests:
                 self._plan[r.key] = max(r.priority, self._plan.get(r.key, r.priority))
@@ -268,18 +266,6 @@ class OffloadExecutor:
             pred = Prediction(info.step, source, target, info.phase, tuple(tuple(r) for r in rows))
             requests.extend(self.prefetch.on_prediction(pred, view))
         return requests
-
-    def _score(self, layer: int, phase: str, true_experts: set[int]) -> None:
-        """Compare what the policy asked for, for this layer, with what the router chose."""
-        wanted = self._requested.pop(layer, None)
-        after_prefill = phase in ("decode", "verify")
-        self.counters.decode_layer_calls += after_prefill
-        if wanted is not None and after_prefill:
-            acc = self.counters.recall.setdefault(layer, [0, 0, 0, 0])
-            acc[0] += len(true_experts & wanted.keys())
-            acc[1] += len(true_experts)
-            acc[2] += len(wanted)
-            acc[3] += 1
 
     def _speculate(
         self, layer: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, wanted: dict[int, float] | None
@@ -348,7 +334,7 @@ class OffloadExecutor:
                 self.end_step()
         info = self._step
         rec = self.recorder
-        wanted = self._requested.get(layer)
+        wanted = self._requested.pop(layer, None)
         speculated = self._speculate(layer, top_k_index, top_k_weights, wanted) \
             if self.execution.speculates else None
         staged = self._staged.pop(layer, [])
@@ -362,27 +348,19 @@ class OffloadExecutor:
         rec.gap(before_sync, rec.mark())
         n = top_k_index.numel()
         true_choice, pos = values[:n], n
-        self._score(layer, info.phase, set(true_choice))
         chosen = true_choice
         if speculated is not None:
             chosen, pos = values[pos : pos + n], pos + n
             top_k_index, top_k_weights = speculated
-            self.counters.spec_pairs += n
-            k = top_k_index.shape[1]
-            self.counters.spec_changed += sum(
-                e not in true_choice[t - t % k : t - t % k + k] for t, e in enumerate(chosen)
-            )
         predictions = []
         for target, ranked in staged:
             width = ranked.shape[-1]
             flat = values[pos : pos + ranked.numel()]
             pos += ranked.numel()
             predictions.append((target, [flat[i : i + width] for i in range(0, len(flat), width)]))
+        self.observers.on_layer(LayerCall(info.step, layer, info.phase, top_k_index.shape[1], tuple(true_choice),
+                                          tuple(chosen), speculated is not None))
         counts = Counter(chosen)
-        if info.phase == "verify":
-            k = top_k_index.shape[1]
-            self.counters.signals.append((info.step, layer, tuple(sorted(set(true_choice[:k]))),
-                                          dict(Counter(true_choice))))
         experts = sorted(counts)
         ncounts = [counts[e] for e in experts]
         self.counters.routing.append((info.step, layer, tuple(experts)))
