@@ -1,13 +1,29 @@
-"""OffloadExecutor: runs every MoE layer's experts out of the GPU expert cache.
+"""OffloadExecutor: the mechanism that runs every MoE layer's experts out of device slots.
 
-For one layer call: read the router's choice (the one host sync per layer, which also reads
-any prediction staged for later layers), score the policy's earlier prediction for this layer,
-optionally swap the router's choice for the predicted experts (speculative execution), tell
-the prefetch policy, ask the balancer where each needed expert runs, give missing GPU experts
-a slot (the cache policy picks victims) and fetch them, then queue the prefetches and compute:
-experts already resident first, so their work hides the fetches of the others. Tokens are grouped by
-expert exactly as transformers' grouped path does, and per-(token, k) outputs are summed in
-the same order, so the result does not depend on which experts were resident.
+It holds the expert store (host), the slot pool (device), the transfer engine, the CPU worker, the expert
+kernels and the timeline; the decisions are the policies' (moelab.policies) and the `execution.*` rules
+(moelab.core.types.Execution); the measurements are the observers' (moelab.observers). One layer call:
+
+    router top_k_index [T, K] (+ speculative candidates, staged predictions)
+      |  HostRead.read()            the layer's one device->host sync
+      v
+    speculative execution?          execution.speculative: none | router | predicted
+      v
+    observers.on_layer(LayerCall)   recall, signals, spec-exec changes (measure only)
+    prefetch.on_routing / on_prediction -> PrefetchRequests
+    balancer.assign                 expert -> GPU | CPU
+      v
+    CPU worker.submit(cpu experts)  runs alongside everything below
+    demand fetch (missing experts)  victims: execution.eviction rule + cache policy
+    transfers.pump(prefetches)      queued behind this layer's demand copies
+      v
+    compute groups                  execution.compute_order: resident first (hides the fetches) | router
+      |  slot_segments              execution.max_slot_gap: nearby slots share one grouped kernel call
+      v
+    LayerBatch.combine()            per-(token, k) outputs summed in k order -> [T, H]
+
+Tokens are grouped by expert exactly as transformers' grouped path does and summed in the same order, so the
+result does not depend on which experts were resident (bitwise equal to the plain model on the CPU).
 """
 
 from __future__ import annotations
@@ -106,7 +122,7 @@ class OffloadExecutor:
         return torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
 
     def reset(self) -> None:
-        """Empty the cache, forget policy state and measurements (between runs that share the model)."""
+        """Empty the slots, forget policy state and measurements (between passes that share the model)."""
         self.clock.synchronize()
         self.cache.clear()
         self.prefetch.reset(self.spec)
@@ -338,26 +354,19 @@ class OffloadExecutor:
         speculated = self._speculate(layer, top_k_index, top_k_weights, wanted) \
             if self.execution.speculates else None
         staged = self._staged.pop(layer, [])
-        parts = [top_k_index.reshape(-1)]
+        read = HostRead(top_k_index)  # the router's choice [T, K]
         if speculated is not None:
-            parts.append(speculated[0].reshape(-1))
-        parts += [t.reshape(-1).to(top_k_index.dtype) for _, t in staged]
+            read.add(speculated[0])  # what runs instead of it [T, K]
+        for _, ranked in staged:
+            read.add(ranked)  # predictions for later layers [T, k']
         before_sync = rec.mark()
-        # the one host sync per layer: the router's choice, what runs instead of it, the staged predictions
-        values = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()
+        true_choice, *rest = read.read()  # the layer's one host sync
         rec.gap(before_sync, rec.mark())
-        n = top_k_index.numel()
-        true_choice, pos = values[:n], n
         chosen = true_choice
         if speculated is not None:
-            chosen, pos = values[pos : pos + n], pos + n
+            chosen, *rest = rest
             top_k_index, top_k_weights = speculated
-        predictions = []
-        for target, ranked in staged:
-            width = ranked.shape[-1]
-            flat = values[pos : pos + ranked.numel()]
-            pos += ranked.numel()
-            predictions.append((target, [flat[i : i + width] for i in range(0, len(flat), width)]))
+        predictions = [(target, HostRead.rows(flat, ranked.shape[-1])) for (target, ranked), flat in zip(staged, rest)]
         self.observers.on_layer(LayerCall(info.step, layer, info.phase, top_k_index.shape[1], tuple(true_choice),
                                           tuple(chosen), speculated is not None))
         counts = Counter(chosen)
@@ -410,10 +419,10 @@ class OffloadExecutor:
             # one host-to-device copy for all the index data of the segment
             packed = torch.tensor([*rows, *accumulate(counts), *(row_slots if kernel.has_bias else ())], device=dev)
             n = len(rows)
-            idx, offs = packed[:n], packed[n : n + len(counts)].to(torch.int32)
+            idx, offs = packed[:n], packed[n : n + len(counts)].to(torch.int32)  # [n] rows, [S] group ends
             slots_t = packed[n + len(counts) :] if kernel.has_bias else None
             pools = {name: pool[lo : hi + 1] for name, pool in self.cache.pools.items()}
-            y = kernel(batch.routed[idx], pools, offs, slots_t, counts)
+            y = kernel(batch.routed[idx], pools, offs, slots_t, counts)  # [n, H]
             batch.rows[batch.perm[idx]] = y * batch.routed_w[idx].unsqueeze(-1)
 
     def _run_gpu_experts(
@@ -488,6 +497,33 @@ class OffloadExecutor:
             s.last_use = last
 
 
+class HostRead:
+    """The one device-to-host read of a layer call: every integer tensor the host needs to plan the layer is
+    gathered here and read with a single `.tolist()`, so a layer costs one sync however many parts it has."""
+
+    def __init__(self, first: torch.Tensor):
+        self._parts: list[torch.Tensor] = []
+        self._dtype = first.dtype
+        self.add(first)
+
+    def add(self, t: torch.Tensor) -> None:
+        self._parts.append(t.reshape(-1).to(self._dtype))  # [n_i]
+
+    def read(self) -> list[list[int]]:
+        """The parts' values, flat, in the order added (one sync)."""
+        flat = (torch.cat(self._parts) if len(self._parts) > 1 else self._parts[0]).tolist()  # [sum n_i]
+        out, pos = [], 0
+        for p in self._parts:
+            out.append(flat[pos : pos + p.numel()])
+            pos += p.numel()
+        return out
+
+    @staticmethod
+    def rows(flat: list[int], width: int) -> list[list[int]]:
+        """A flat [T * width] read back as T rows."""
+        return [flat[i : i + width] for i in range(0, len(flat), width)]
+
+
 def slot_segments(slots: Sequence[int], max_gap: int) -> list[list[int]]:
     """Split ascending slot indices into runs whose inner gaps are at most `max_gap` empty slots."""
     out: list[list[int]] = []
@@ -505,16 +541,17 @@ class LayerBatch:
     def __init__(self, hidden, top_k_index, top_k_weights, experts, counts, out_dtype):
         self.hidden = hidden
         self.num_tokens, self.top_k = top_k_index.shape
-        _, self.perm = torch.sort(top_k_index.reshape(-1))
-        self.routed = hidden[self.perm // self.top_k]
-        self.routed_w = top_k_weights.reshape(-1)[self.perm]
+        _, self.perm = torch.sort(top_k_index.reshape(-1))  # [T*K] (token, k) pairs by expert
+        self.routed = hidden[self.perm // self.top_k]  # [T*K, H]
+        self.routed_w = top_k_weights.reshape(-1)[self.perm]  # [T*K]
         self.offsets: dict[int, tuple[int, int]] = {}
         start = 0
         for e, c in zip(experts, counts):
             self.offsets[e] = (start, start + c)
             start += c
+        # [T*K, H] expert output x weight per (token, k) pair, in (token, k) order
         self.rows = torch.empty(self.num_tokens * self.top_k, hidden.shape[-1], dtype=out_dtype, device=hidden.device)
 
     def combine(self) -> torch.Tensor:
         """Sum over each token's k experts, in k order (independent of which experts ran first)."""
-        return self.rows.view(self.num_tokens, self.top_k, -1).sum(dim=1).to(self.hidden.dtype)
+        return self.rows.view(self.num_tokens, self.top_k, -1).sum(dim=1).to(self.hidden.dtype)  # [T, H]
