@@ -102,7 +102,7 @@ def check_host_memory(plan: ModelPlan, budget: Budget, device: torch.device, loa
         )
 
 
-class ModelCache:
+class ModelMemo:
     """Keeps the last loaded model so runs of a sweep that share the model config skip reloading it."""
 
     def __init__(self) -> None:
@@ -127,7 +127,7 @@ class ModelCache:
         return self.model
 
 
-MODELS = ModelCache()
+MODELS = ModelMemo()
 
 
 def model_row(om: OffloadedModel) -> dict[str, Any]:

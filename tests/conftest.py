@@ -22,12 +22,12 @@ from moelab.models.build import offload_hf_model  # noqa: E402
 from moelab.offload.executor import OffloadExecutor  # noqa: E402
 from moelab.offload.kernels import ExpertKernel  # noqa: E402
 
-ARCHS = registry.names("model")
+ARCHS = registry.names("arch")
 
 
 def tiny_hf_model(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A plain transformers model of `arch`, float32, with non-zero biases so they are exercised."""
-    adapter = registry.get("model", arch)()
+    adapter = registry.get("arch", arch)()
     cfg = AutoConfig.for_model(arch, **adapter.tiny_config(**overrides))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval().requires_grad_(False)

@@ -19,7 +19,7 @@ KIND_PACKAGES: dict[str, str] = {
     "cache": "moelab.policies.cache",
     "balancer": "moelab.policies.balance",
     "decoding": "moelab.decoding",
-    "model": "moelab.models.arch",
+    "arch": "moelab.models.arch",  # architecture adapters (conf/model/ holds model presets)
     "workload": "moelab.workloads",
     "logger": "moelab.loggers",
     "routing": "moelab.routing",

@@ -2,7 +2,7 @@
 
 Speculating Experts' quasi-hidden state: layer l+d's true MoE input does not exist yet while layer
 l runs, so a tensor available now stands in for it and goes through layer l+d's own pre-MoE norm
-and router. `LookaheadSpec.state` picks the tensor (the paper digest leaves the exact one open, so
+and router. `LookaheadSpec.state` picks the tensor (the paper does not say exactly which one, so
 all three are here and `prediction_topk_recall` measures them):
 
 - `post_attn` (default): layer l's residual stream after its attention, the input of layer l's

@@ -48,10 +48,10 @@ from moelab.core.types import (
     RoutingEvent,
 )
 from moelab.observers.base import Observers
-from moelab.offload.cache import GpuExpertCache, Slot
 from moelab.offload.clock import clock_for
 from moelab.offload.cpu_worker import CpuExpertWorker
 from moelab.offload.kernels import ExpertKernel
+from moelab.offload.slots import Slot, SlotPool
 from moelab.offload.store import ExpertStore
 from moelab.offload.timeline import Timeline, TimelineRecorder
 from moelab.offload.transfer import TransferEngine
@@ -101,7 +101,7 @@ class OffloadExecutor:
         self.spec = spec
         self.device = device
         self.clock = clock_for(device)
-        self.cache = GpuExpertCache(store.layout, capacity, device)
+        self.pool = SlotPool(store.layout, capacity, device)
         self.prefetch = prefetch
         self.cache_policy = cache_policy
         self.balancer = balancer
@@ -114,7 +114,7 @@ class OffloadExecutor:
         # predictions computed while a layer runs, read by that layer's one sync.
         self.router_logits: dict[int, torch.Tensor] = {}
         self.recorder = TimelineRecorder(self.clock, self._compute_stream())
-        self.transfers = TransferEngine(store, self.cache, self.recorder, device)
+        self.transfers = TransferEngine(store, self.pool, self.recorder, device)
         self.reset()
 
     # ------------------------------------------------------------------ lifecycle
@@ -124,9 +124,9 @@ class OffloadExecutor:
     def reset(self) -> None:
         """Empty the slots, forget policy state and measurements (between passes that share the model)."""
         self.clock.synchronize()
-        self.cache.clear()
+        self.pool.clear()
         self.prefetch.reset(self.spec)
-        self.cache_policy.reset(self.spec, self.cache.capacity)
+        self.cache_policy.reset(self.spec, self.pool.capacity)
         self.balancer.reset(self.spec)
         self.recorder = TimelineRecorder(self.clock, self._compute_stream())
         self.transfers.reset(self.recorder)
@@ -149,10 +149,10 @@ class OffloadExecutor:
         cost, so they go to a throwaway timeline and the transfer counts are restored; the row's bytes, copies and
         copy times are the timed pass's alone. Uses free slots only (call it after `reset`).
         """
-        keys = [k for k in dict.fromkeys(keys) if self.cache.lookup(k) is None]
+        keys = [k for k in dict.fromkeys(keys) if self.pool.lookup(k) is None]
         if not keys:
             return
-        free = sum(s.key is None for s in self.cache.slots)
+        free = sum(s.key is None for s in self.pool.slots)
         if len(keys) > free:
             raise ValueError(f"preload of {len(keys)} experts needs free slots, {free} of {self.capacity} are free")
         recorder, nbytes, count = self.transfers.recorder, dict(self.transfers.bytes), dict(self.transfers.count)
@@ -171,10 +171,10 @@ class OffloadExecutor:
 
     @property
     def capacity(self) -> int:
-        return self.cache.capacity
+        return self.pool.capacity
 
     def view(self) -> CacheView:
-        return self.cache.view(self.clock.done)
+        return self.pool.view(self.clock.done)
 
     def begin_step(self, phase: str, num_tokens: int) -> int:
         """Open a forward step (prefill, decode or verification); returns its number."""
@@ -194,7 +194,7 @@ class OffloadExecutor:
     def finish(self) -> Timeline:
         """Wait for the device and resolve every mark; prefetched experts never used count as wasted."""
         tl = self.recorder.resolve(final=True)
-        for slot in self.cache.slots:
+        for slot in self.pool.slots:
             if slot.key is not None and slot.prefetched and not slot.used:
                 self.counters.wasted_bytes += self.store.expert_bytes
         return tl
@@ -203,18 +203,18 @@ class OffloadExecutor:
     def _allocate(self, key: ExpertKey, pinned: set[ExpertKey], below: float | None = None) -> Slot | None:
         """A slot for `key`: a free one, else the victim the eviction rule names (moelab.policies.eviction);
         `below` is a prefetch's priority (None on demand). None: no slot now."""
-        slot = self.cache.free_slot()
+        slot = self.pool.free_slot()
         if slot is None:
-            victim = self.eviction.victim(resident=self.cache.table, pinned=pinned, plan=self._plan,
+            victim = self.eviction.victim(resident=self.pool.table, pinned=pinned, plan=self._plan,
                                           policy=self.cache_policy, below=below)
             if victim is None:
                 return None
-            slot = self.cache.lookup(victim)
+            slot = self.pool.lookup(victim)
             assert slot is not None
             if slot.prefetched and not slot.used:
                 self.counters.wasted_bytes += self.store.expert_bytes
                 self.counters.prefetched_unused_evicted += 1
-            self.cache.unbind(slot)
+            self.pool.unbind(slot)
             self.cache_policy.on_evict(victim)
             self.counters.evictions += 1
         return slot
@@ -225,7 +225,7 @@ class OffloadExecutor:
             return None
         self.transfers.drop(key)
         ready = self.transfers.copy_in(key, slot, "demand", self._step_no)
-        self.cache.bind(slot, key, ready, prefetched=False)
+        self.pool.bind(slot, key, ready, prefetched=False)
         self.cache_policy.on_insert(key)
         pinned.add(key)
         return slot
@@ -401,7 +401,7 @@ class OffloadExecutor:
 
     def _compute(self, layer: int, group: list[int], batch: LayerBatch) -> None:
         """Grouped expert computation for `group` (all resident): one call per run of nearby slots."""
-        slot_of = {e: self.cache.table[ExpertKey(layer, e)] for e in group}
+        slot_of = {e: self.pool.table[ExpertKey(layer, e)] for e in group}
         order = sorted(group, key=slot_of.__getitem__)
         dev = batch.hidden.device
         kernel = self.kernels[layer]
@@ -421,7 +421,7 @@ class OffloadExecutor:
             n = len(rows)
             idx, offs = packed[:n], packed[n : n + len(counts)].to(torch.int32)  # [n] rows, [S] group ends
             slots_t = packed[n + len(counts) :] if kernel.has_bias else None
-            pools = {name: pool[lo : hi + 1] for name, pool in self.cache.pools.items()}
+            pools = {name: pool[lo : hi + 1] for name, pool in self.pool.pools.items()}
             y = kernel(batch.routed[idx], pools, offs, slots_t, counts)  # [n, H]
             batch.rows[batch.perm[idx]] = y * batch.routed_w[idx].unsqueeze(-1)
 
@@ -436,7 +436,7 @@ class OffloadExecutor:
         missing: list[int] = []
         kinds: dict[int, str] = {}
         for e in experts:
-            slot = self.cache.lookup(ExpertKey(layer, e))
+            slot = self.pool.lookup(ExpertKey(layer, e))
             if slot is None:
                 missing.append(e)
                 continue
@@ -468,7 +468,7 @@ class OffloadExecutor:
             if not group:
                 break
         if missing:
-            raise RuntimeError(f"layer {layer}: no slot for experts {missing} (capacity {self.cache.capacity})")
+            raise RuntimeError(f"layer {layer}: no slot for experts {missing} (capacity {self.pool.capacity})")
 
     def _use_group(self, layer: int, group: list[int], kinds: dict[int, str], batch: LayerBatch) -> None:
         """Wait for the group's copies on the compute stream, compute it, record uses and last use."""
@@ -476,7 +476,7 @@ class OffloadExecutor:
         assert info is not None
         rec = self.recorder
         stream = self._compute_stream()
-        slots = [self.cache.lookup(ExpertKey(layer, e)) for e in group]
+        slots = [self.pool.lookup(ExpertKey(layer, e)) for e in group]
         pending = [s for s in slots if s.ready is not None]
         wait_start = None
         if pending:

@@ -1,4 +1,4 @@
-"""GpuExpertCache: a fixed pool of expert slots on the compute device, allocated once.
+"""SlotPool: a fixed pool of expert slots on the compute device, allocated once.
 
 One pool tensor per expert tensor name ([capacity, ...] in the HF layout), so a slot's
 weights are plain views and the pools never fragment the allocator. A slot remembers the
@@ -28,7 +28,7 @@ class Slot:
     used: bool = False  # ... and read since
 
 
-class GpuExpertCache:
+class SlotPool:
     def __init__(self, layout: ExpertLayout, capacity: int, device: torch.device):
         if capacity < 1:
             raise ValueError(f"cache capacity must be >= 1, got {capacity}")
