@@ -157,7 +157,8 @@ class OffloadExecutor:
             raise ValueError(f"preload of {len(keys)} experts needs free slots, {free} of {self.capacity} are free")
         recorder, nbytes, count = self.transfers.recorder, dict(self.transfers.bytes), dict(self.transfers.count)
         self.transfers.recorder = TimelineRecorder(self.clock, self._compute_stream())
-        slots, pinned = [], set()
+        slots: list[Slot] = []
+        pinned: set[ExpertKey] = set()
         try:
             for key in keys:  # free slots suffice (checked above): the demand path evicts nothing
                 slot = self._fetch(key, pinned)
@@ -440,7 +441,7 @@ class OffloadExecutor:
             if slot is None:
                 missing.append(e)
                 continue
-            pinned.add(slot.key)
+            pinned.add(ExpertKey(layer, e))
             if slot.ready is not None and self.clock.done(slot.ready):
                 slot.ready = None
             kinds[e] = "resident" if slot.ready is None else "inflight"
@@ -476,7 +477,7 @@ class OffloadExecutor:
         assert info is not None
         rec = self.recorder
         stream = self._compute_stream()
-        slots = [self.pool.lookup(ExpertKey(layer, e)) for e in group]
+        slots = [self.pool.slot_of(ExpertKey(layer, e)) for e in group]
         pending = [s for s in slots if s.ready is not None]
         wait_start = None
         if pending:
@@ -490,7 +491,7 @@ class OffloadExecutor:
             rec.use(info.step, s.key, kinds[e], first_prefetched, wait_start if s.ready is not None else None, s.ready)
             s.used = True
             self.counters.prefetched_used += first_prefetched
-            self.cache_policy.on_access(s.key)
+            self.cache_policy.on_access(ExpertKey(layer, e))
         self._compute(layer, group, batch)
         last = rec.mark() if stream is not None else None
         for s in slots:

@@ -51,6 +51,10 @@ class SlotPool:
         i = self.table.get(key)
         return None if i is None else self.slots[i]
 
+    def slot_of(self, key: ExpertKey) -> Slot:
+        """The slot of a key known to be resident."""
+        return self.slots[self.table[key]]
+
     def tensors(self, slot: Slot) -> dict[str, torch.Tensor]:
         return {name: pool[slot.index] for name, pool in self.pools.items()}
 
@@ -76,7 +80,8 @@ class SlotPool:
         """Snapshot for policies; `done(mark)` tells whether a copy has finished."""
 
         def split() -> tuple[frozenset[ExpertKey], frozenset[ExpertKey]]:
-            resident, loading = set(), set()
+            resident: set[ExpertKey] = set()
+            loading: set[ExpertKey] = set()
             for key, i in self.table.items():
                 ready = self.slots[i].ready
                 (resident if ready is None or done(ready) else loading).add(key)

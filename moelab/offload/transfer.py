@@ -52,6 +52,7 @@ class TransferEngine:
             (rec.stall if cause == "demand" else rec.gap)(start, end)
         else:
             stream = self.demand_stream if cause == "demand" else self.copy_stream
+            assert stream is not None  # created for CUDA devices
             with torch.cuda.stream(stream):
                 if slot.last_use is not None:
                     stream.wait_event(slot.last_use)  # never overwrite weights compute still reads
