@@ -50,7 +50,7 @@ SYSTEMS: list[tuple[str, str, list[str]]] = [  # label, trace (ar | sd), overrid
     ("on_demand", "ar", ["policy=on_demand"]),
     ("gate_prefetch", "ar", ["policy=qhs"]),
     ("fiddler", "ar", ["policy=fiddler"]),
-    ("spec_experts", "ar", ["policy=qhs", "prefetch.speculative_execution=true"]),
+    ("spec_experts", "ar", ["policy=qhs", "execution.speculative=router"]),
     ("spac", "sd", ["policy=spac"]),
     ("oracle", "ar", ["policy=oracle"]),
 ]

@@ -25,16 +25,10 @@ from tqdm.auto import tqdm
 
 from moelab.core import registry
 from moelab.core.errors import ConfigError, MoelabError
+from moelab.core.types import Execution
 from moelab.eval.tasks import check_tasks, score_tasks
 from moelab.metrics.perplexity import corpus_perplexity
-from moelab.metrics.summary import (
-    prediction_metrics,
-    run_metrics,
-    signal_metrics,
-    step_table,
-    token_agreement,
-    verify_metrics,
-)
+from moelab.metrics.summary import run_metrics, step_table, token_agreement, verify_metrics
 from moelab.models.build import ModelPlan, materialize, plan_model
 from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
@@ -43,7 +37,9 @@ from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available
 from moelab.offload.cpu_worker import parse_cpu_dtype
 from moelab.offload.executor import OffloadExecutor
 from moelab.offload.kernels import ExpertKernel
+from moelab.results.label import policy_label
 from moelab.results.row import base_row, device_name
+from moelab.results.schema import check_row
 from moelab.routing.trace import TracingBackend
 
 NAN = float("nan")
@@ -108,7 +104,7 @@ def check_host_memory(plan: ModelPlan, budget: Budget, device: torch.device, loa
         )
 
 
-class ModelCache:
+class ModelMemo:
     """Keeps the last loaded model so runs of a sweep that share the model config skip reloading it."""
 
     def __init__(self) -> None:
@@ -133,7 +129,7 @@ class ModelCache:
         return self.model
 
 
-MODELS = ModelCache()
+MODELS = ModelMemo()
 
 
 def model_row(om: OffloadedModel) -> dict[str, Any]:
@@ -152,8 +148,8 @@ def model_row(om: OffloadedModel) -> dict[str, Any]:
     }
 
 
-def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dtype: str | None = None
-                  ) -> OffloadExecutor:
+def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dtype: str | None = None,
+                  execution: Execution | None = None) -> OffloadExecutor:
     kernels = {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}
     dtype = parse_cpu_dtype(cpu_dtype)
     if comps.balancer.needs_costs:  # measured once per machine, model shape and CPU dtype, then cached
@@ -163,7 +159,7 @@ def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dty
     comps.cache.share(comps.prefetch)  # caches and balancers that rank by the prefetcher's utility read it
     comps.balancer.share(comps.prefetch)
     executor = OffloadExecutor(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
-                               comps.balancer, cpu_dtype=dtype)
+                               comps.balancer, cpu_dtype=dtype, execution=execution)
     if comps.balancer.uses_cpu:
         executor.cpu_worker.prepare()  # float copies of the weights, if cpu_dtype asks for them, made untimed
     return executor
@@ -172,8 +168,15 @@ def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dty
 def make_lookahead(om: OffloadedModel, executor: OffloadExecutor, prefetch: Any, replay: Any) -> Lookahead | None:
     """The hooks a predicting policy needs (or speculative execution's router logits), else None."""
     spec = prefetch.lookahead
-    if spec is None and not prefetch.speculative_execution:
+    mode = executor.execution.speculative
+    if spec is None and mode == "none":
         return None
+    if mode == "predicted" and (spec is None or spec.scorer != "router" or replay is not None):
+        raise ConfigError("execution.speculative=predicted runs the predicted router's own top_k: it needs "
+                          "prefetch=qhs (router scorer) and routing=native; allowed modes otherwise: none, router")
+    if mode == "predicted" and spec.k is not None and spec.k < om.spec.top_k:
+        raise ConfigError(f"execution.speculative=predicted runs the predicted top_k: prefetch.k={spec.k} must be "
+                          f"null or >= top_k={om.spec.top_k}")
     scorer = None
     if spec is not None and spec.scorer == "mlp":
         if replay is not None:
@@ -187,7 +190,8 @@ def make_lookahead(om: OffloadedModel, executor: OffloadExecutor, prefetch: Any,
                           f"got prefetch.state={spec.state}")
     # under replay the model's own routers did not choose: speculative execution ranks candidates by order
     return Lookahead(om, spec, executor, scorer=scorer, replay=replay,
-                     keep_router_logits=prefetch.speculative_execution and replay is None)
+                     keep_router_logits=mode == "router" and replay is None,
+                     predicted_logits=mode == "predicted")
 
 
 @contextmanager
@@ -218,6 +222,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     t_start = time.time()
     try:
         comps = build_components(c)
+        execution = Execution.from_config(c.get("execution"))
         logger = comps.logger
         device = resolve_device(str(c.get("device", "auto")))
         row.update(device=device.type, device_name=device_name(device))
@@ -230,16 +235,17 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         wl.prepare(load_tokenizer(plan.path, plan.skeleton.config).encode)  # length filters: tokenizer, no weights
         eval_tasks = check_tasks(c)  # lm-eval task names, checked before any weight is read
         row.update(
-            policy=c.get("policy", ""), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
+            policy=policy_label(c), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
             balancer=c["balancer"]["name"], decoding=c["decoding"]["name"], gamma=getattr(dec, "gamma", None),
-            speculative_execution=bool(comps.prefetch.speculative_execution), cpu_dtype=str(c.get("cpu_dtype")),
+            speculative_execution=execution.speculates, speculative_mode=execution.speculative,
+            eviction=execution.eviction, compute_order=execution.compute_order, cpu_dtype=str(c.get("cpu_dtype")),
             workload=c["workload"]["name"], prompts=len(wl.prompts), new_tokens=wl.max_new_tokens,
             batch=wl.batch_size, seed=int(c.get("seed", 0)), **budget.row(plan.spec), **wl.describe(),
         )
         torch.manual_seed(int(c.get("seed", 0)))
         om = MODELS.get(c["model"], device, plan)
         row.update(model_row(om))
-        executor = make_executor(om, budget, comps, c.get("cpu_dtype"))
+        executor = make_executor(om, budget, comps, c.get("cpu_dtype"), execution)
         routing = comps.routing
         if routing.replays:
             if c.get("record_trace"):
@@ -312,8 +318,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         steps = step_table(gen, timeline)
         metrics = run_metrics(gen, steps, timeline, executor.counters, executor.transfers.count,
                               executor.capacity, om.spec.expert_bytes, row.get("ref_tpot_median_ms"))
-        metrics.update(prediction_metrics(executor.counters), **verify_metrics(gen, executor.counters),
-                       **signal_metrics(executor.counters),
+        metrics.update(executor.observers.row(), **verify_metrics(gen, executor.counters),
                        cpu_ms=executor.cpu_worker.busy_ms, cpu_wait_ms=executor.cpu_worker.wait_ms)
         executor.reset()
         with through_executor(om, executor, comps):
@@ -329,6 +334,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         if eval_tasks:  # task scores (lm-evaluation-harness) through the executor, last: if a task fails, the
             with through_executor(om, executor, comps):  # row still holds every measurement above
                 row.update(score_tasks(om, dec, c, eval_tasks, row["run_id"], experiment))
+        check_row(row)
     except BaseException as e:
         row["status"] = "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted"
         row["error"] = f"{type(e).__name__}: {e}"

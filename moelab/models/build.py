@@ -41,12 +41,12 @@ def parse_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
 
 def adapter_for(model_type: str) -> MoeAdapter:
     """The adapter of an HF `model_type`, or an error naming the supported ones."""
-    supported = registry.names("model")
+    supported = registry.names("arch")
     if model_type not in supported:
         raise ConfigError(
             f"architecture {model_type!r} has no moelab MoE adapter; supported architectures: {', '.join(supported)}"
         )
-    return registry.get("model", model_type)()
+    return registry.get("arch", model_type)()
 
 
 @dataclass
