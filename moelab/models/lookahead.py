@@ -199,7 +199,7 @@ class Lookahead:
                 weights, idx = output[1].detach(), output[2]
                 dv = (weights.float().reshape(*idx.shape, 1) * table[idx.reshape(idx.shape[0], -1)]).sum(1)
                 h = h + dv.to(h.dtype)
-            self.executor.stage_prediction(source, target, self._rank(source, target, h))
+            self.executor.stage_prediction(source, target, *self._rank(source, target, h))
         return hook
 
     def _track_expert_outputs(self, layer: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,

@@ -1,7 +1,9 @@
 """The results row, declared: every column a run may write, with its type. docs/METRICS.md defines each one.
 
-Besides these, a row carries the run's whole resolved config flattened as `cfg.<key>` columns. A column a run
-writes that is not declared here is a bug (`check_row` raises), so the schema, the docs and the rows cannot drift.
+Besides these, a row carries the run's whole resolved config flattened as `cfg.<key>` columns and, with
+`eval.tasks`, lm-eval's scores as `task_score.<task>.<metric>` and `task_samples.<task>` columns (PREFIXES). A
+column a run writes that is not declared here is a bug (`check_row` raises), so the schema, the docs and the rows
+cannot drift.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class RunRow(TypedDict, total=False):
     new_tokens: int
     batch: int
     seed: int
+    workload_source: str
     replay_trace: str
     trace_path: str
     budget_experts: int
@@ -123,16 +126,23 @@ class RunRow(TypedDict, total=False):
     ppl: float
     ppl_ref: float
     ppl_delta: float
+    ppl_docs: int
+    ppl_tokens_scored: int
     output_sample: str
+    # task scores (eval.tasks), besides the task_score.* / task_samples.* columns
+    eval_tasks: str
+    lm_eval_path: str
 
 
 COLUMNS: tuple[str, ...] = tuple(RunRow.__annotations__)
 CONFIG_PREFIX = "cfg."
+# column families whose names depend on the run: the flattened config and lm-eval's per-task scores
+PREFIXES: tuple[str, ...] = (CONFIG_PREFIX, "task_score.", "task_samples.")
 
 
 def undeclared(row: Mapping[str, Any]) -> list[str]:
-    """Columns of `row` that the schema does not declare (the flattened config aside)."""
-    return sorted(k for k in row if k not in RunRow.__annotations__ and not k.startswith(CONFIG_PREFIX))
+    """Columns of `row` that the schema does not declare (the prefixed families aside)."""
+    return sorted(k for k in row if k not in RunRow.__annotations__ and not k.startswith(PREFIXES))
 
 
 def check_row(row: Mapping[str, Any]) -> None:
