@@ -71,10 +71,12 @@ def test_default_run_records_every_metric(tmp_path):
 
 def test_sweep_records_a_failing_run_and_goes_on(tmp_path):
     p = run_cli(tmp_path, "budget.gpu_experts=1,16", multirun=True)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1, p.stderr  # the sweep went on, and its exit code says a point failed
     df = runs(tmp_path).sort_values("cfg.budget.gpu_experts")
     assert df.status.tolist() == ["failed", "ok"], df.error.tolist()
     assert "top_k" in df.error.iloc[0]
+    failed = p.stdout.split("failed points (1):")[1].splitlines()  # the point's overrides, then its error
+    assert "budget.gpu_experts=1" in failed[1] and "top_k" in failed[2], p.stdout
 
 
 def test_record_a_trace_then_replay_it_into_a_bigger_model(tmp_path):
