@@ -181,8 +181,9 @@ def test_a_signal_in_a_single_run_records_it_interrupted(tmp_path, signal_handle
 
 
 def test_sigterm_in_a_sweep_keeps_finished_rows_and_the_same_command_resumes(tmp_path):
-    args = [sys.executable, str(ROOT / "run.py"), "-m", *QUICK, "workload.max_new_tokens=16", "device=cpu", "reference=false",
-            f"results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", "experiment_name=term",
+    args = [sys.executable, str(ROOT / "run.py"), "-m", *QUICK, "workload.max_new_tokens=16", "device=cpu",
+            "reference=false", f"results_dir={tmp_path / 'results'}", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            "experiment_name=term",
             "budget.gpu_experts=4,6"]
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
