@@ -22,4 +22,4 @@ if __name__ == "__main__":
 
     check_command_line(sys.argv[1:], CONF)  # Hydra's own errors as one line, exit 2
     main()
-    sys.exit(exit_code())  # a sweep with a failed point exits 1
+    sys.exit(exit_code())  # a sweep with a failed point exits 1 (128 + N after a signal N it held)

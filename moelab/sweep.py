@@ -36,7 +36,12 @@ FAILED_POINTS: list[tuple[str, str]] = []  # (overrides, one-line error) of the 
 
 
 def exit_code() -> int:
-    """The command's exit status after a sweep: 1 if any point failed (0 for a single run or a clean sweep)."""
+    """The command's exit status once Hydra is done: 128 + N if a signal N came after the last run (it was held
+    while Hydra finished), else 1 if any point of a sweep failed, else 0."""
+    from moelab.interrupts import Interrupts
+
+    if Interrupts.pending is not None:
+        return 128 + int(Interrupts.pending)
     return 1 if FAILED_POINTS else 0
 
 
