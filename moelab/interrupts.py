@@ -9,6 +9,7 @@ and acted on as soon as that is over.
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,7 +28,7 @@ class Interrupts:
 
     @classmethod
     def install(cls) -> None:
-        if not cls.installed:
+        if not cls.installed and threading.current_thread() is threading.main_thread():  # (else Python refuses)
             for sig in SIGNALS:
                 signal.signal(sig, cls._handle)
             cls.installed = True
