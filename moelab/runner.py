@@ -8,8 +8,6 @@ through the executor, then the timed generation, then accuracy passes.
 from __future__ import annotations
 
 import json
-import signal
-import sys
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -23,10 +21,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from moelab import config_check
 from moelab.core import registry
 from moelab.core.errors import ConfigError, MoelabError
 from moelab.core.types import Execution
 from moelab.eval.tasks import check_tasks, score_tasks
+from moelab.interrupts import Interrupts
 from moelab.metrics.perplexity import corpus_perplexity
 from moelab.metrics.summary import run_metrics, step_table, token_agreement, verify_metrics
 from moelab.models.build import ModelPlan, materialize, plan_model
@@ -37,6 +37,7 @@ from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available
 from moelab.offload.cpu_worker import parse_cpu_dtype
 from moelab.offload.executor import OffloadExecutor
 from moelab.offload.kernels import ExpertKernel
+from moelab.results import preflight, safekeeping
 from moelab.results.label import policy_label
 from moelab.results.row import base_row, device_name
 from moelab.results.schema import check_row
@@ -216,11 +217,13 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Execute one run and record it (also when it fails); returns the results row."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     experiment = str(c.get("experiment_name", "default"))
+    exp_dir = preflight.check_results(c)  # a row that could not be stored: refuse before measuring anything
     row = base_row(c, experiment)
     logger = None
     steps = None
     t_start = time.time()
     try:
+        config_check.check_config(c)
         comps = build_components(c)
         execution = Execution.from_config(c.get("execution"))
         logger = comps.logger
@@ -231,6 +234,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
         check_host_memory(plan, budget, device, loaded=MODELS.holds(c["model"], device))
         comps.cache.reset(plan.spec, budget.experts)  # cache params that depend on model and budget, checked early
+        config_check.check_planned(c, comps, plan.spec)
         wl, dec = comps.workload, comps.decoding
         wl.prepare(load_tokenizer(plan.path, plan.skeleton.config).encode)  # length filters: tokenizer, no weights
         eval_tasks = check_tasks(c)  # lm-eval task names, checked before any weight is read
@@ -343,7 +347,8 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         raise
     finally:
         row["wall_s"] = time.time() - t_start
-        _record(row, steps, logger, c)
+        stored = _record(row, steps, logger, c, exp_dir)
+    safekeeping.require_stored(stored)  # a finished run whose row went to a fallback file is an error
     return row
 
 
@@ -360,8 +365,9 @@ def save_trace(tracer: TracingBackend, gen: Any, om: OffloadedModel, batches: li
     return tracer.save(Path(str(c.get("results_dir", "results"))) / experiment / rid / "trace.parquet", header)
 
 
-def _record(row: dict[str, Any], steps: Any, logger: Any, c: Mapping[str, Any]) -> None:
-    """Write the row even when the run failed before its logger was built."""
+def _record(row: dict[str, Any], steps: Any, logger: Any, c: Mapping[str, Any], exp_dir: Path
+            ) -> safekeeping.Stored:
+    """Write the row even when the run failed before its logger was built (a fallback file if it must)."""
     row.setdefault("model_loads", MODELS.loads)  # models this process has loaded so far: a sweep's runs share one
     if logger is None:
         from moelab.loggers.local import LocalLogger
@@ -369,81 +375,5 @@ def _record(row: dict[str, Any], steps: Any, logger: Any, c: Mapping[str, Any]) 
         logger_cfg = c.get("logger") if isinstance(c.get("logger"), Mapping) else {}
         logger = LocalLogger(results_dir=str(c.get("results_dir", "results")), console=False,
                              row_files=bool(logger_cfg.get("row_files", False)))
-    try:
-        logger.log_run(row, steps)
-    except Exception as e:  # recording must never hide the run's own error
-        print(f"warning: could not record run {row.get('run_id')}: {e}", file=sys.stderr)
-
-
-class _SweepInterrupt:
-    """Ctrl-C in a sweep: inside a run it stops the run at once (recorded as interrupted); between runs, where
-    Hydra composes the next job and does not survive an interrupt cleanly, it is held until the next run starts."""
-
-    installed = False
-    in_run = False
-    pending = False
-
-    @classmethod
-    def install(cls) -> None:
-        if not cls.installed:
-            signal.signal(signal.SIGINT, cls._handle)
-            cls.installed = True
-
-    @classmethod
-    def _handle(cls, signum: int, frame: Any) -> None:
-        if cls.in_run:
-            raise KeyboardInterrupt
-        cls.pending = True
-
-
-def run_from_hydra(cfg: DictConfig) -> float | None:
-    """Hydra task: a bad input ends a single run with one line; in a sweep it is recorded and skipped.
-
-    In a sweep, a run whose config already has an `ok` row in its experiment is not run again (so the
-    same command finishes an interrupted sweep); `+rerun=true` runs it anyway. Single runs always run.
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from moelab import sweep
-
-    try:
-        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        multirun = False
-    if multirun:
-        _SweepInterrupt.install()
-        if _SweepInterrupt.pending:  # Ctrl-C came between two runs: stop before starting the next
-            print("\ninterrupted; finished runs keep their rows, the same command resumes the sweep", file=sys.stderr)
-            sys.exit(130)
-    rid, done = sweep.previous_run(cfg) if multirun else (None, None)
-    if done is not None:
-        sweep.note("skipped", rid)
-        print(f"skipped run {rid}: already ok in {cfg.get('results_dir')}/{cfg.get('experiment_name')} "
-              "(+rerun=true runs it again)", flush=True)
-        return sweep.objective(done)
-    try:
-        _SweepInterrupt.in_run = True
-        try:
-            row = run(cfg)
-        finally:
-            _SweepInterrupt.in_run = False
-        sweep.note(str(row.get("status")), rid)
-        return row.get("tpot_ms")
-    except MoelabError as e:
-        sweep.note("failed", rid)
-        print(f"error: {e}", file=sys.stderr)
-        if multirun:
-            return None
-        sys.exit(2)
-    except KeyboardInterrupt:  # the run is recorded as interrupted; rows of finished runs are untouched
-        print("\ninterrupted" + ("; finished runs keep their rows, the same command resumes the sweep" if multirun
-                                 else "; recorded as interrupted"), file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:
-        sweep.note("failed", rid)
-        if multirun:
-            print(f"run failed ({type(e).__name__}: {e}); recorded as failed, sweep continues", file=sys.stderr)
-            traceback.print_exc()
-            return None
-        raise
+    with Interrupts.held():  # a signal while the row is written waits until it is written
+        return safekeeping.record(row, steps, logger, exp_dir)

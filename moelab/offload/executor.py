@@ -28,6 +28,7 @@ result does not depend on which experts were resident (bitwise equal to the plai
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -95,7 +96,11 @@ class OffloadExecutor:
         cpu_dtype: torch.dtype | None = None,
         execution: Execution | None = None,
         observers: Observers | None = None,
+        debug: bool = False,
     ):
+        # debug mode (or MOELAB_DEBUG=1): assert that no slot is given to another expert while a layer still
+        # needs it (see SlotGuard); off by default, it costs a set operation per expert
+        self.slot_guard = SlotGuard() if debug or os.environ.get("MOELAB_DEBUG") == "1" else None
         self.store = store
         self.kernels = kernels
         self.spec = spec
@@ -144,6 +149,8 @@ class OffloadExecutor:
         self._predicted_logits: dict[int, torch.Tensor] = {}  # layer -> predicted router logits [T, E]
         self._plan: dict[ExpertKey, float] = {}  # the policy's latest requests (resident ones too) by priority
         self.router_logits = {}
+        if self.slot_guard is not None:
+            self.slot_guard.in_use.clear()
 
     def preload(self, keys: Sequence[ExpertKey]) -> None:
         """Make `keys` resident before a pass, through the demand path's copy and cache bookkeeping, and wait.
@@ -215,6 +222,8 @@ class OffloadExecutor:
                 return None
             slot = self.pool.lookup(victim)
             assert slot is not None
+            if self.slot_guard is not None:
+                self.slot_guard.check(slot.index, key)
             if slot.prefetched and not slot.used:
                 self.counters.wasted_bytes += self.store.expert_bytes
                 self.counters.prefetched_unused_evicted += 1
@@ -453,11 +462,16 @@ class OffloadExecutor:
             present.append(e)
 
         fetched: list[int] = []
+        guard = self.slot_guard
+        if guard is not None:
+            guard.claim(layer, present, self.cache.table)
 
         def fetch_more() -> None:
             while missing and self._fetch(ExpertKey(layer, missing[0]), pinned) is not None:
                 kinds[missing[0]] = "demand"
                 fetched.append(missing.pop(0))
+                if guard is not None:
+                    guard.claim(layer, fetched[-1:], self.cache.table)
 
         fetch_more()
         self._prefetch(requests, pinned)  # queued behind this layer's demand copies
@@ -469,6 +483,8 @@ class OffloadExecutor:
                 self._use_group(layer, group, kinds, batch)
                 for e in group:
                     pinned.discard(ExpertKey(layer, e))
+                if guard is not None:
+                    guard.release(layer, group, self.cache.table)
             fetch_more()
             group, fetched = fetched, []
             if not group:
@@ -528,6 +544,29 @@ class HostRead:
     def rows(flat: list[int], width: int) -> list[list[int]]:
         """A flat [T * width] read back as T rows."""
         return [flat[i : i + width] for i in range(0, len(flat), width)]
+
+
+class SlotGuard:
+    """Debug mode's bookkeeping, kept apart from the pinning it checks: the slots a layer call has found or
+    fetched its experts in and not yet computed from. Giving one of them to another expert (an eviction by a
+    demand fetch or a prefetch) would overwrite weights that are about to be read."""
+
+    def __init__(self) -> None:
+        self.in_use: dict[int, ExpertKey] = {}  # slot -> the expert a layer still needs from it
+
+    def claim(self, layer: int, experts: Sequence[int], table: dict[ExpertKey, int]) -> None:
+        for e in experts:
+            key = ExpertKey(layer, e)
+            self.in_use[table[key]] = key
+
+    def release(self, layer: int, experts: Sequence[int], table: dict[ExpertKey, int]) -> None:
+        for e in experts:
+            self.in_use.pop(table[ExpertKey(layer, e)], None)
+
+    def check(self, slot: int, incoming: ExpertKey) -> None:
+        if slot in self.in_use:
+            raise AssertionError(f"slot {slot} would be overwritten with {incoming} while {self.in_use[slot]} "
+                                 "is still to be computed from it")
 
 
 def slot_segments(slots: Sequence[int], max_gap: int) -> list[list[int]]:
