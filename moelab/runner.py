@@ -234,9 +234,9 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
         check_host_memory(plan, budget, device, loaded=MODELS.holds(c["model"], device))
         comps.cache.reset(plan.spec, budget.experts)  # cache params that depend on model and budget, checked early
-        config_check.check_planned(c, comps, plan.spec)
         wl, dec = comps.workload, comps.decoding
         wl.prepare(load_tokenizer(plan.path, plan.skeleton.config).encode)  # length filters: tokenizer, no weights
+        config_check.check_planned(c, comps, plan.spec)  # after prepare: a dataset workload's prompts are known
         eval_tasks = check_tasks(c)  # lm-eval task names, checked before any weight is read
         row.update(
             policy=policy_label(c), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],

@@ -152,4 +152,5 @@ def test_bad_input_gives_one_clear_line(tmp_path, case):
 def test_unknown_config_group_option_lists_the_available_ones(tmp_path):
     p = run_cli(tmp_path, "cache=lfu3")
     assert p.returncode == 2
-    assert p.stderr.strip().splitlines() == ["error: unknown cache 'lfu3' (cache=lfu3); allowed: lru, static, utility"]
+    assert p.stderr.strip().splitlines() == [
+        "error: unknown cache 'lfu3' (cache=lfu3); allowed: belady, fifo, lfu, lru, spac_released, static, utility"]

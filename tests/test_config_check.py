@@ -45,7 +45,8 @@ def test_a_bad_value_is_one_line_before_any_weight_loads(tmp_path, case):
 
 
 HYDRA_ERRORS = {
-    "group_choice": (["cache=lfu3"], ["unknown cache 'lfu3'", "lru, static, utility"]),
+    "group_choice": (["cache=lfu3"],
+                     ["unknown cache 'lfu3'", "belady, fifo, lfu, lru, spac_released, static, utility"]),
     "group_set_by_a_preset": (["balancer=foo"], ["unknown balancer 'foo'", "cpu_cold", "gpu_only"]),
     "sweep_choice": (["budget.gpu_experts=4,6", "cache=lru,lfu3"], ["unknown cache 'lfu3'"]),
     "unknown_key": (["sede=1"], ["unknown key 'sede'", "+sede=1", "seed"]),

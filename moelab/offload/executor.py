@@ -464,14 +464,14 @@ class OffloadExecutor:
         fetched: list[int] = []
         guard = self.slot_guard
         if guard is not None:
-            guard.claim(layer, present, self.cache.table)
+            guard.claim(layer, present, self.pool.table)
 
         def fetch_more() -> None:
             while missing and self._fetch(ExpertKey(layer, missing[0]), pinned) is not None:
                 kinds[missing[0]] = "demand"
                 fetched.append(missing.pop(0))
                 if guard is not None:
-                    guard.claim(layer, fetched[-1:], self.cache.table)
+                    guard.claim(layer, fetched[-1:], self.pool.table)
 
         fetch_more()
         self._prefetch(requests, pinned)  # queued behind this layer's demand copies
@@ -484,7 +484,7 @@ class OffloadExecutor:
                 for e in group:
                     pinned.discard(ExpertKey(layer, e))
                 if guard is not None:
-                    guard.release(layer, group, self.cache.table)
+                    guard.release(layer, group, self.pool.table)
             fetch_more()
             group, fetched = fetched, []
             if not group:
