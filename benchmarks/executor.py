@@ -185,7 +185,8 @@ def section_offload(device, quick: bool, out: Path) -> list[dict]:
         for preset, layers in OFFLOAD_MODELS:
             for frac in (0.25, 0.5):
                 overrides = [
-                    f"model={preset}", f"model.num_layers={2 if quick else layers}", f"budget.fraction={frac}",
+                    f"model={preset}", "model.random_init=true", f"model.num_layers={2 if quick else layers}",
+                    f"budget.fraction={frac}",
                     "experiment_name=bench_executor", f"results_dir={out}", "progress=false", "logger.console=false",
                     f"workload.max_new_tokens={6 if quick else 32}", f"device={device.type}",
                 ]

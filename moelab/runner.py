@@ -35,6 +35,7 @@ from moelab.metrics.summary import (
     verify_metrics,
 )
 from moelab.models.build import ModelPlan, materialize, plan_model
+from moelab.models.drafts import choose_draft
 from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
 from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available_bytes, resolve_budget
@@ -215,6 +216,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     steps = None
     t_start = time.time()
     try:
+        c = choose_draft(c)  # speculative decoding's draft: explicit, the model's default, or random (noted)
         comps = build_components(c)
         logger = comps.logger
         device = resolve_device(str(c.get("device", "auto")))
