@@ -222,6 +222,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         device = resolve_device(str(c.get("device", "auto")))
         row.update(device=device.type, device_name=device_name(device))
         plan = plan_model(c["model"], device)
+        row["model_commit"] = plan.source.commit if plan.source is not None else None  # the hub snapshot loaded
         reserve = (nonexpert_bytes(plan) + GIB) / GIB if device.type == "cuda" else 0.0
         budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
         check_host_memory(plan, budget, device, loaded=MODELS.holds(c["model"], device))

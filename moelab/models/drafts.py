@@ -8,12 +8,13 @@ nothing and make every speculative number meaningless. A random-weight target (`
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Mapping
 from typing import Any
 
 from moelab.core.errors import ConfigError
-from moelab.models.hub import locate
+from moelab.models.hub import ModelSource, locate
 
 
 def random_target(model: Mapping[str, Any]) -> bool:
@@ -30,9 +31,16 @@ def choose_draft(cfg: Mapping[str, Any]) -> dict[str, Any]:
     draft = dict(dec.get("draft") or {})
     path = draft.get("path") or (None if random_target(model) else model.get("draft"))
     if path:
-        if not random_target(model):  # a target that cannot be found is named before its draft
-            locate(str(model["path"]), model.get("revision"))
-        check_draft_path(str(path))
+        # a target that cannot be found is named before its draft
+        target = None if random_target(model) else locate(str(model["path"]), model.get("revision"))
+        draft_source = check_draft_path(str(path))
+        if target is not None:
+            target_vocab = (model.get("config") or {}).get("vocab_size") or _vocab(target)
+            draft_vocab = _vocab(draft_source)
+            if target_vocab and draft_vocab and int(target_vocab) != int(draft_vocab):
+                raise ConfigError(f"the draft {path} has a vocabulary of {draft_vocab} tokens and the target "
+                                  f"{model['path']} one of {target_vocab}; the draft must share the target's "
+                                  "tokenizer (decoding.draft.path)")
         out["decoding"] = {**dec, "draft": {**draft, "path": str(path)}}
     elif random_target(model):
         print(f"note: decoding=speculative on a random-weight target: the draft is a small random "
@@ -46,8 +54,18 @@ def choose_draft(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_draft_path(path: str) -> None:
+def check_draft_path(path: str) -> ModelSource:
     """A draft that is not cached offline, or a directory that is not there, fails now in one line."""
     source = locate(path)
-    if not source.is_hub and not source.dir.is_dir():
-        raise ConfigError(f"decoding.draft.path {path} is neither a local directory nor a hub id")
+    if not source.is_hub and not (source.dir / "config.json").is_file():
+        raise ConfigError(f"decoding.draft.path {path} is neither a model directory (with config.json) nor a hub id")
+    return source
+
+
+def _vocab(source: ModelSource) -> int | None:
+    try:
+        raw = json.loads((source.dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # the checkpoint reader names what is wrong with it
+    vocab = raw.get("vocab_size") or (raw.get("text_config") or {}).get("vocab_size")
+    return int(vocab) if vocab else None

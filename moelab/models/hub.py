@@ -28,7 +28,8 @@ from moelab.core.errors import CheckpointError
 DOWNLOAD_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
                      "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
                      "merges.txt", "*.model", "*.tiktoken", "chat_template*"]
-_SUBFOLDERS = ["*/*"]  # e.g. gpt-oss's original/ and metal/ copies of the same weights
+# snapshot_download's filter: top-level files only (gpt-oss ships original/ and metal/ copies of its weights)
+DOWNLOAD_FILTER = {"allow_patterns": DOWNLOAD_PATTERNS, "ignore_patterns": ["*/*"]}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _TRUE = {"1", "on", "yes", "true"}
 
@@ -73,6 +74,11 @@ class ModelSource:
     @property
     def is_hub(self) -> bool:
         return self.repo_id is not None
+
+    @property
+    def commit(self) -> str | None:
+        """The hub commit a revision resolved to (the cache's snapshot folder is named after it)."""
+        return self.dir.name if self.is_hub else None
 
     def __str__(self) -> str:
         return self.ref if self.revision is None else f"{self.ref}@{self.revision}"
@@ -120,7 +126,7 @@ def tensor_shapes(source: ModelSource) -> Iterator[tuple[str, str, tuple[int, ..
     from moelab.models.checkpoint import read_header
 
     if files is None:
-        raise _not_cached(source, "its weights are not")
+        raise _not_cached(source, weights_only=True)
     for file in files:
         header = read_header(file)
         for name, meta in header.items():
@@ -133,22 +139,24 @@ def weight_dir(source: ModelSource) -> Path:
     if not source.is_hub or cached_weight_files(source) is not None:
         return source.dir
     if hub_offline():
-        raise _not_cached(source, "its weights are not")
+        raise _not_cached(source, weights_only=True)
     from huggingface_hub import snapshot_download
 
     kw = _hub_kwargs()
     path = _hub_call(source.ref, source.revision, lambda: snapshot_download(
-        source.repo_id, revision=source.revision, allow_patterns=DOWNLOAD_PATTERNS, ignore_patterns=_SUBFOLDERS,
-        **kw))
+        source.repo_id, revision=source.revision, **DOWNLOAD_FILTER, **kw))
     return Path(path)
 
 
-def _not_cached(source: ModelSource, what: str = "it is not") -> CheckpointError:
+def _not_cached(source: ModelSource, weights_only: bool = False) -> CheckpointError:
+    rev = f" --revision {source.revision}" if source.revision else ""
+    what = ": its config.json is in the Hugging Face cache but not its weights" if weights_only else \
+        " is neither a local directory nor in the Hugging Face cache"
     return CheckpointError(
-        f"{source}: {what} in the Hugging Face cache ({hub_cache()}) and HF_HUB_OFFLINE=1 forbids downloading; "
-        f"fetch it where there is a network (`hf download {source.repo_id or source.ref}`, then copy the cache or "
-        "point HF_HUB_CACHE at it), give model.path a local directory, or set model.random_init=true for "
-        "random weights at the preset's shapes")
+        f"{source}{what} ({hub_cache()}), and HF_HUB_OFFLINE=1 forbids downloading; fetch it where there is a "
+        f"network (`hf download {source.repo_id or source.ref}{rev}`, then copy the cache or point HF_HUB_CACHE at "
+        "it), give model.path a local directory, or set model.random_init=true for random weights at the "
+        "preset's shapes")
 
 
 def _hub_call(ref: str, revision: str | None, call: Callable[[], T]) -> T:
