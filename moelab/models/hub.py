@@ -118,7 +118,7 @@ def tensor_shapes(source: ModelSource) -> Iterator[tuple[str, str, tuple[int, ..
         from huggingface_hub import get_safetensors_metadata
 
         meta = _hub_call(source.ref, source.revision,
-                         lambda: get_safetensors_metadata(source.repo_id, revision=source.revision))
+                         lambda: get_safetensors_metadata(source.repo_id, revision=source.commit))
         for fm in meta.files_metadata.values():
             for name, info in fm.tensors.items():
                 yield name, str(info.dtype), tuple(int(s) for s in info.shape)
@@ -126,6 +126,8 @@ def tensor_shapes(source: ModelSource) -> Iterator[tuple[str, str, tuple[int, ..
     from moelab.models.checkpoint import read_header
 
     if files is None:
+        if not source.is_hub:
+            raise CheckpointError(f"no *.safetensors files in {source.dir}")
         raise _not_cached(source, weights_only=True)
     for file in files:
         header = read_header(file)
@@ -144,7 +146,7 @@ def weight_dir(source: ModelSource) -> Path:
 
     kw = _hub_kwargs()
     path = _hub_call(source.ref, source.revision, lambda: snapshot_download(
-        source.repo_id, revision=source.revision, **DOWNLOAD_FILTER, **kw))
+        source.repo_id, revision=source.commit, **DOWNLOAD_FILTER, **kw))  # the commit config.json came from
     return Path(path)
 
 
