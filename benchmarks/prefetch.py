@@ -79,7 +79,8 @@ def section_trained(b: Bench, model: list[str], budgets: tuple[float, ...], new_
 def section_replay(b: Bench, trace: str, budgets: tuple[float, ...], models: list[tuple[str, int]],
                    quick: bool, only: set[str] | None = None) -> None:
     for preset, layers in models:
-        base = [f"model={preset}", f"model.num_layers={layers}", "routing=replay", f"routing.trace={trace}"]
+        base = [f"model={preset}", "model.random_init=true", f"model.num_layers={layers}", "routing=replay",
+                f"routing.trace={trace}"]
         if quick:
             base += quick_shapes(preset)
         for budget in budgets:

@@ -30,6 +30,7 @@ from moelab.interrupts import Interrupts
 from moelab.metrics.perplexity import corpus_perplexity
 from moelab.metrics.summary import run_metrics, step_table, token_agreement, verify_metrics
 from moelab.models.build import ModelPlan, materialize, plan_model
+from moelab.models.drafts import choose_draft
 from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
 from moelab.models.tokenizer import load_tokenizer
@@ -224,12 +225,14 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     t_start = time.time()
     try:
         config_check.check_config(c)
+        c = choose_draft(c)  # speculative decoding's draft: explicit, the model's default, or random (noted)
         comps = build_components(c)
         execution = Execution.from_config(c.get("execution"))
         logger = comps.logger
         device = resolve_device(str(c.get("device", "auto")))
         row.update(device=device.type, device_name=device_name(device))
         plan = plan_model(c["model"], device)
+        row["model_commit"] = plan.source.commit if plan.source is not None else None  # the hub snapshot loaded
         reserve = (nonexpert_bytes(plan) + GIB) / GIB if device.type == "cuda" else 0.0
         budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
         check_host_memory(plan, budget, device, loaded=MODELS.holds(c["model"], device))

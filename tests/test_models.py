@@ -34,7 +34,7 @@ def preset(name: str) -> dict:
     ("phimoe", 150.0, 16, 2, 32),
 ])
 def test_full_size_presets_are_planned_without_weights(name, expert_mib, experts, top_k, moe_layers):
-    cfg = {**preset(name), "num_layers": None}
+    cfg = {**preset(name), "random_init": True, "num_layers": None}
     plan = plan_model(cfg, CPU)
     assert plan.spec.expert_bytes / MIB == pytest.approx(expert_mib, abs=0.1)
     assert (plan.spec.num_experts, plan.spec.top_k, len(plan.spec.moe_layers)) == (experts, top_k, moe_layers)
@@ -42,10 +42,10 @@ def test_full_size_presets_are_planned_without_weights(name, expert_mib, experts
 
 
 def test_deepseek_v3_preset_layers():
-    plan = plan_model(preset("deepseek_v3"), CPU)  # num_layers: 5 with 3 dense layers
+    plan = plan_model({**preset("deepseek_v3"), "random_init": True}, CPU)  # num_layers: 5 with 3 dense layers
     assert plan.spec.moe_layers == (3, 4) and plan.spec.num_experts == 256
     with pytest.raises(ConfigError, match="dense"):
-        plan_model({**preset("deepseek_v3"), "num_layers": 3}, CPU)
+        plan_model({**preset("deepseek_v3"), "random_init": True, "num_layers": 3}, CPU)
 
 
 def tiny_cfg(seed=0):
