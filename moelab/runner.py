@@ -31,6 +31,7 @@ from moelab.metrics.perplexity import corpus_perplexity
 from moelab.metrics.summary import run_metrics, step_table, token_agreement, verify_metrics
 from moelab.models.build import ModelPlan, materialize, plan_model
 from moelab.models.drafts import choose_draft
+from moelab.models.hub import tokenizer_dir
 from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
 from moelab.models.tokenizer import load_tokenizer
@@ -238,7 +239,8 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         check_host_memory(plan, budget, device, loaded=MODELS.holds(c["model"], device))
         comps.cache.reset(plan.spec, budget.experts)  # cache params that depend on model and budget, checked early
         wl, dec = comps.workload, comps.decoding
-        wl.prepare(load_tokenizer(plan.path, plan.skeleton.config).encode)  # length filters: tokenizer, no weights
+        tok_dir = tokenizer_dir(plan.source) if plan.source is not None else None
+        wl.prepare(load_tokenizer(tok_dir, plan.skeleton.config).encode)  # length filters: tokenizer, no weights
         config_check.check_planned(c, comps, plan.spec)  # after prepare: a dataset workload's prompts are known
         eval_tasks = check_tasks(c)  # lm-eval task names, checked before any weight is read
         row.update(

@@ -22,7 +22,7 @@ from moelab.decoding.autoregressive import AutoregressiveDecoding
 from moelab.decoding.speculative import SpeculativeDecoding
 from moelab.models.build import materialize, plan_model
 from moelab.models.drafts import choose_draft
-from moelab.models.hub import DOWNLOAD_FILTER, looks_like_hub_id
+from moelab.models.hub import DOWNLOAD_FILTER, TOKENIZER_FILTER, looks_like_hub_id
 from moelab.offload.budget import Budget
 from tests.conftest import ROOT, make_executor, random_prompts, tiny_hf_model
 from tests.test_cli import run_cli
@@ -90,6 +90,10 @@ def test_only_safetensors_configs_and_tokenizers_are_downloaded():
                "consolidated.00.pt", "original/model.safetensors", "metal/model.bin", "README.md", ".gitattributes"]
     kept = set(filter_repo_objects(release, **DOWNLOAD_FILTER))
     assert kept == set(release[:9])
+    # before any weight is read, a workload that filters prompts by token length fetches the tokenizer alone
+    assert set(filter_repo_objects(release, **TOKENIZER_FILTER)) == {
+        "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+        "special_tokens_map.json", "tokenizer.model"}
 
 
 def test_a_model_not_cached_offline_fails_in_one_line_at_once(hub):

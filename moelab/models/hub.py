@@ -28,8 +28,12 @@ from moelab.core.errors import CheckpointError
 DOWNLOAD_PATTERNS = ["*.safetensors", "*.safetensors.index.json", "config.json", "generation_config.json",
                      "tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
                      "merges.txt", "*.model", "*.tiktoken", "chat_template*"]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")  # either: transformers' AutoTokenizer can load it
 # snapshot_download's filter: top-level files only (gpt-oss ships original/ and metal/ copies of its weights)
 DOWNLOAD_FILTER = {"allow_patterns": DOWNLOAD_PATTERNS, "ignore_patterns": ["*/*"]}
+# the same without the weights: what a workload's token-length filter needs before any weight is read
+TOKENIZER_FILTER = {"allow_patterns": [p for p in DOWNLOAD_PATTERNS if "safetensors" not in p],
+                    "ignore_patterns": ["*/*"]}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _TRUE = {"1", "on", "yes", "true"}
 
@@ -148,6 +152,24 @@ def weight_dir(source: ModelSource) -> Path:
     path = _hub_call(source.ref, source.revision, lambda: snapshot_download(
         source.repo_id, revision=source.commit, **DOWNLOAD_FILTER, **kw))  # the commit config.json came from
     return Path(path)
+
+
+def tokenizer_dir(source: ModelSource) -> Path:
+    """The directory holding the tokenizer, fetching a hub model's tokenizer files (never its weights) when the
+    cache lacks them: workloads that filter prompts by token length need it before any weight is read. Offline,
+    the cached snapshot as it is (the weights' own check then names what is missing)."""
+    if not source.is_hub or hub_offline() or has_tokenizer(source.dir):
+        return source.dir
+    from huggingface_hub import snapshot_download
+
+    kw = _hub_kwargs()
+    path = _hub_call(source.ref, source.revision, lambda: snapshot_download(
+        source.repo_id, revision=source.commit, **TOKENIZER_FILTER, **kw))
+    return Path(path)
+
+
+def has_tokenizer(path: Path) -> bool:
+    return any((path / f).exists() for f in TOKENIZER_FILES)
 
 
 def _not_cached(source: ModelSource, weights_only: bool = False) -> CheckpointError:

@@ -54,6 +54,7 @@ class RunRow(TypedDict, total=False):
     budget_requested: str
     # the model
     model: str
+    model_commit: str | None
     architecture: str
     layers: int
     moe_layers: int
