@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Mapping
 
 from moelab.core.errors import ConfigError
 from moelab.core.types import ExpertKey
@@ -46,7 +47,7 @@ class UtilityEstimator:
     def raw(self) -> dict[ExpertKey, float]:
         return {ExpertKey(layer, e): s for layer, d in self.by_layer.items() for e, s in d.items()}
 
-    def update(self, layer: int, counts: dict[int, int], tokens: int) -> None:
+    def update(self, layer: int, counts: Mapping[int, int], tokens: int) -> None:
         """Fold one pass's frequency map of `layer` (expert -> tokens routed) into the scores. Touches that layer
         only, so a layer call costs O(experts of the layer), not O(all experts of the model)."""
         scores = self.by_layer.setdefault(layer, {})
