@@ -28,7 +28,8 @@ from moelab.models.build import materialize, plan_model  # noqa: E402
 from moelab.offload.cpu_worker import CpuExpertWorker  # noqa: E402
 from moelab.offload.kernels import ExpertKernel, _per_group_linear  # noqa: E402
 
-SHAPES = {"mixtral": ["model=mixtral", "model.num_layers=1"], "qwen3_moe": ["model=qwen3_moe", "model.num_layers=1"]}
+SHAPES = {"mixtral": ["model=mixtral", "model.random_init=true", "model.num_layers=1"],
+          "qwen3_moe": ["model=qwen3_moe", "model.random_init=true", "model.num_layers=1"]}
 QUICK = ["model=tiny", "model.dtype=bfloat16"]
 
 

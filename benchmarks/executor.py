@@ -185,19 +185,20 @@ def section_offload(device, quick: bool, out: Path) -> list[dict]:
         for preset, layers in OFFLOAD_MODELS:
             for frac in (0.25, 0.5):
                 overrides = [
-                    f"model={preset}", f"model.num_layers={2 if quick else layers}", f"budget.fraction={frac}",
+                    f"model={preset}", "model.random_init=true", f"model.num_layers={2 if quick else layers}",
+                    f"budget.fraction={frac}",
                     "experiment_name=bench_executor", f"results_dir={out}", "progress=false", "logger.console=false",
                     f"workload.max_new_tokens={6 if quick else 32}", f"device={device.type}",
                 ]
                 if quick:
-                    overrides += ["model.config.hidden_size=128", "model.config.intermediate_size=256",
-                                  "model.config.vocab_size=512", "++model.config.moe_intermediate_size=64",
-                                  "model.config.num_attention_heads=4", "model.config.num_key_value_heads=2",
+                    overrides += ["++model.config.hidden_size=128", "++model.config.intermediate_size=256",
+                                  "++model.config.vocab_size=512", "++model.config.moe_intermediate_size=64",
+                                  "++model.config.num_attention_heads=4", "++model.config.num_key_value_heads=2",
                                   "model.dtype=float32"]
                     if preset == "qwen3_moe":
-                        overrides += ["model.config.head_dim=32"]
+                        overrides += ["++model.config.head_dim=32"]
                     if preset == "olmoe":
-                        overrides += ["model.config.num_key_value_heads=4"]
+                        overrides += ["++model.config.num_key_value_heads=4"]
                 cfg = compose("config", overrides=overrides)
                 t0 = time.time()
                 r = run(cfg)

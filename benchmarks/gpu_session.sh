@@ -36,7 +36,7 @@ case "$1" in
      timeout 190 python benchmarks/prefetch.py --sections replay --trace results/bench_spac/trace_ar.parquet \
          --replay-models mixtral:4,qwen3_moe:12 --policies none,qhs,qhs+spec --out results/bench_prefetch_qhs \
          2>&1 | tee "$OUT/stage4_prefetch.log" | grep -v '^{'
-     timeout 110 python run.py -m +experiment=budget_sweep model=mixtral model.num_layers=4 policy=on_demand,qhs,oracle \
+     timeout 110 python run.py -m +experiment=budget_sweep model=mixtral model.random_init=true model.num_layers=4 policy=on_demand,qhs,oracle \
          budget.fraction=0.25,0.5 results_dir=results/sweep 2>&1 | tail -25 | tee "$OUT/stage4_sweep.log"
      MOELAB_RESULTS=results/sweep python notebooks/budget_sweep.py 2>&1 | tail -3
      cp results/sweep/figures/budget_sweep.png "$OUT/" 2>/dev/null ;;

@@ -17,9 +17,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # shrink a full-size preset to a few-MB model (CPU smoke tests of the benchmark code)
-QUICK_SHAPES = ["model.config.hidden_size=128", "model.config.intermediate_size=256", "model.config.vocab_size=512",
-                "++model.config.moe_intermediate_size=64", "model.config.num_attention_heads=4",
-                "model.config.num_key_value_heads=2", "model.dtype=float32", "model.num_layers=3"]
+# (`++`: a preset's own overrides are empty; its sizes are under model.shapes, which these override)
+QUICK_SHAPES = ["++model.config.hidden_size=128", "++model.config.intermediate_size=256",
+                "++model.config.vocab_size=512", "++model.config.moe_intermediate_size=64",
+                "++model.config.num_attention_heads=4", "++model.config.num_key_value_heads=2", "model.dtype=float32",
+                "model.num_layers=3"]
 
 
 def common_args(ap: Any) -> Any:
@@ -39,7 +41,7 @@ def common_args(ap: Any) -> Any:
 
 
 def quick_shapes(preset: str) -> list[str]:
-    return QUICK_SHAPES + (["model.config.head_dim=32"] if preset == "qwen3_moe" else [])
+    return QUICK_SHAPES + (["++model.config.head_dim=32"] if preset == "qwen3_moe" else [])
 
 
 class Bench:

@@ -50,7 +50,7 @@ SYSTEMS: list[tuple[str, str, list[str]]] = [  # label, trace (ar | sd), overrid
     ("on_demand", "ar", ["policy=on_demand"]),
     ("gate_prefetch", "ar", ["policy=qhs"]),
     ("fiddler", "ar", ["policy=fiddler"]),
-    ("spec_experts", "ar", ["policy=qhs", "prefetch.speculative_execution=true"]),
+    ("spec_experts", "ar", ["policy=qhs", "execution.speculative=router"]),
     ("spac", "sd", ["policy=spac"]),
     ("oracle", "ar", ["policy=oracle"]),
 ]
@@ -166,7 +166,7 @@ def main() -> None:
     else:
         traces = record_traces(b, None if args.quick else args.ckpt, args.prompts, new_tokens, out)
     for preset, layers in (x.split(":") for x in args.models.split(",")):
-        base = [f"model={preset}", f"model.num_layers={layers}", "routing=replay"]
+        base = [f"model={preset}", "model.random_init=true", f"model.num_layers={layers}", "routing=replay"]
         if args.quick:
             base += quick_shapes(preset)
         for budget in (float(x) for x in args.budgets.split(",")):

@@ -29,7 +29,7 @@ POLICIES: list[tuple[str, list[str]]] = [
     ("none", ["policy=on_demand"]),
     ("ar_binary", ["policy=ar_binary"]),
     ("qhs", ["policy=qhs"]),
-    ("qhs+spec", ["policy=qhs", "prefetch.speculative_execution=true"]),
+    ("qhs+spec", ["policy=qhs", "execution.speculative=router"]),
     ("oracle", ["policy=oracle"]),
 ]
 RECALL_ONLY = [("qhs d=2", ["policy=qhs", "prefetch.distance=2"]),
@@ -64,7 +64,7 @@ def section_trained(b: Bench, model: list[str], budgets: tuple[float, ...], new_
     report.to_csv(b.out / "predictor_training.csv", index=False)
     print(report.round(3).to_string(index=False), flush=True)
     policies = [*POLICIES, ("mlp", ["policy=mlp", f"prefetch.path={path}"]),
-                ("mlp+spec", ["policy=mlp", f"prefetch.path={path}", "prefetch.speculative_execution=true"])]
+                ("mlp+spec", ["policy=mlp", f"prefetch.path={path}", "execution.speculative=router"])]
     trace = None
     for budget in budgets:
         for label, over in policies:
@@ -79,7 +79,8 @@ def section_trained(b: Bench, model: list[str], budgets: tuple[float, ...], new_
 def section_replay(b: Bench, trace: str, budgets: tuple[float, ...], models: list[tuple[str, int]],
                    quick: bool, only: set[str] | None = None) -> None:
     for preset, layers in models:
-        base = [f"model={preset}", f"model.num_layers={layers}", "routing=replay", f"routing.trace={trace}"]
+        base = [f"model={preset}", "model.random_init=true", f"model.num_layers={layers}", "routing=replay",
+                f"routing.trace={trace}"]
         if quick:
             base += quick_shapes(preset)
         for budget in budgets:

@@ -87,7 +87,7 @@ def section_trained(b: Bench, ckpt: str | None, budget: float, new_tokens: int, 
 def section_replay(b: Bench, budget: float, traces: Path, models: list[tuple[str, int]], quick: bool,
                    only: set[str] | None = None, configs: list = CONFIGS) -> None:
     for preset, layers in models:
-        base = [f"model={preset}", f"model.num_layers={layers}", "routing=replay"]
+        base = [f"model={preset}", "model.random_init=true", f"model.num_layers={layers}", "routing=replay"]
         if quick:
             base += quick_shapes(preset)
         for label, kind, over in configs:

@@ -8,8 +8,6 @@ through the executor, then the timed generation, then accuracy passes.
 from __future__ import annotations
 
 import json
-import signal
-import sys
 import time
 import traceback
 from collections.abc import Iterator, Mapping
@@ -23,19 +21,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from moelab import config_check
 from moelab.core import registry
 from moelab.core.errors import ConfigError, MoelabError
+from moelab.core.types import Execution
 from moelab.eval.tasks import check_tasks, score_tasks
+from moelab.interrupts import Interrupts
 from moelab.metrics.perplexity import corpus_perplexity
-from moelab.metrics.summary import (
-    prediction_metrics,
-    run_metrics,
-    signal_metrics,
-    step_table,
-    token_agreement,
-    verify_metrics,
-)
+from moelab.metrics.summary import run_metrics, step_table, token_agreement, verify_metrics
 from moelab.models.build import ModelPlan, materialize, plan_model
+from moelab.models.drafts import choose_draft
+from moelab.models.hub import tokenizer_dir
 from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
 from moelab.models.tokenizer import load_tokenizer
@@ -43,7 +39,10 @@ from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available
 from moelab.offload.cpu_worker import parse_cpu_dtype
 from moelab.offload.executor import OffloadExecutor
 from moelab.offload.kernels import ExpertKernel
+from moelab.results import preflight, safekeeping
+from moelab.results.label import policy_label
 from moelab.results.row import base_row, device_name
+from moelab.results.schema import check_row
 from moelab.routing.trace import TracingBackend
 
 NAN = float("nan")
@@ -108,7 +107,7 @@ def check_host_memory(plan: ModelPlan, budget: Budget, device: torch.device, loa
         )
 
 
-class ModelCache:
+class ModelMemo:
     """Keeps the last loaded model so runs of a sweep that share the model config skip reloading it."""
 
     def __init__(self) -> None:
@@ -133,7 +132,7 @@ class ModelCache:
         return self.model
 
 
-MODELS = ModelCache()
+MODELS = ModelMemo()
 
 
 def model_row(om: OffloadedModel) -> dict[str, Any]:
@@ -152,8 +151,8 @@ def model_row(om: OffloadedModel) -> dict[str, Any]:
     }
 
 
-def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dtype: str | None = None
-                  ) -> OffloadExecutor:
+def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dtype: str | None = None,
+                  execution: Execution | None = None) -> OffloadExecutor:
     kernels = {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}
     dtype = parse_cpu_dtype(cpu_dtype)
     if comps.balancer.needs_costs:  # measured once per machine, model shape and CPU dtype, then cached
@@ -163,7 +162,7 @@ def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dty
     comps.cache.share(comps.prefetch)  # caches and balancers that rank by the prefetcher's utility read it
     comps.balancer.share(comps.prefetch)
     executor = OffloadExecutor(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
-                               comps.balancer, cpu_dtype=dtype)
+                               comps.balancer, cpu_dtype=dtype, execution=execution)
     if comps.balancer.uses_cpu:
         executor.cpu_worker.prepare()  # float copies of the weights, if cpu_dtype asks for them, made untimed
     return executor
@@ -172,8 +171,15 @@ def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dty
 def make_lookahead(om: OffloadedModel, executor: OffloadExecutor, prefetch: Any, replay: Any) -> Lookahead | None:
     """The hooks a predicting policy needs (or speculative execution's router logits), else None."""
     spec = prefetch.lookahead
-    if spec is None and not prefetch.speculative_execution:
+    mode = executor.execution.speculative
+    if spec is None and mode == "none":
         return None
+    if mode == "predicted" and (spec is None or spec.scorer != "router" or replay is not None):
+        raise ConfigError("execution.speculative=predicted runs the predicted router's own top_k: it needs "
+                          "prefetch=qhs (router scorer) and routing=native; allowed modes otherwise: none, router")
+    if mode == "predicted" and spec.k is not None and spec.k < om.spec.top_k:
+        raise ConfigError(f"execution.speculative=predicted runs the predicted top_k: prefetch.k={spec.k} must be "
+                          f"null or >= top_k={om.spec.top_k}")
     scorer = None
     if spec is not None and spec.scorer == "mlp":
         if replay is not None:
@@ -187,7 +193,8 @@ def make_lookahead(om: OffloadedModel, executor: OffloadExecutor, prefetch: Any,
                           f"got prefetch.state={spec.state}")
     # under replay the model's own routers did not choose: speculative execution ranks candidates by order
     return Lookahead(om, spec, executor, scorer=scorer, replay=replay,
-                     keep_router_logits=prefetch.speculative_execution and replay is None)
+                     keep_router_logits=mode == "router" and replay is None,
+                     predicted_logits=mode == "predicted")
 
 
 @contextmanager
@@ -212,34 +219,42 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """Execute one run and record it (also when it fails); returns the results row."""
     c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     experiment = str(c.get("experiment_name", "default"))
+    exp_dir = preflight.check_results(c)  # a row that could not be stored: refuse before measuring anything
     row = base_row(c, experiment)
     logger = None
     steps = None
     t_start = time.time()
     try:
+        config_check.check_config(c)
+        c = choose_draft(c)  # speculative decoding's draft: explicit, the model's default, or random (noted)
         comps = build_components(c)
+        execution = Execution.from_config(c.get("execution"))
         logger = comps.logger
         device = resolve_device(str(c.get("device", "auto")))
         row.update(device=device.type, device_name=device_name(device))
         plan = plan_model(c["model"], device)
+        row["model_commit"] = plan.source.commit if plan.source is not None else None  # the hub snapshot loaded
         reserve = (nonexpert_bytes(plan) + GIB) / GIB if device.type == "cuda" else 0.0
         budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
         check_host_memory(plan, budget, device, loaded=MODELS.holds(c["model"], device))
         comps.cache.reset(plan.spec, budget.experts)  # cache params that depend on model and budget, checked early
         wl, dec = comps.workload, comps.decoding
-        wl.prepare(load_tokenizer(plan.path, plan.skeleton.config).encode)  # length filters: tokenizer, no weights
+        tok_dir = tokenizer_dir(plan.source) if plan.source is not None else None
+        wl.prepare(load_tokenizer(tok_dir, plan.skeleton.config).encode)  # length filters: tokenizer, no weights
+        config_check.check_planned(c, comps, plan.spec)  # after prepare: a dataset workload's prompts are known
         eval_tasks = check_tasks(c)  # lm-eval task names, checked before any weight is read
         row.update(
-            policy=c.get("policy", ""), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
+            policy=policy_label(c), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
             balancer=c["balancer"]["name"], decoding=c["decoding"]["name"], gamma=getattr(dec, "gamma", None),
-            speculative_execution=bool(comps.prefetch.speculative_execution), cpu_dtype=str(c.get("cpu_dtype")),
+            speculative_execution=execution.speculates, speculative_mode=execution.speculative,
+            eviction=execution.eviction, compute_order=execution.compute_order, cpu_dtype=str(c.get("cpu_dtype")),
             workload=c["workload"]["name"], prompts=len(wl.prompts), new_tokens=wl.max_new_tokens,
             batch=wl.batch_size, seed=int(c.get("seed", 0)), **budget.row(plan.spec), **wl.describe(),
         )
         torch.manual_seed(int(c.get("seed", 0)))
         om = MODELS.get(c["model"], device, plan)
         row.update(model_row(om))
-        executor = make_executor(om, budget, comps, c.get("cpu_dtype"))
+        executor = make_executor(om, budget, comps, c.get("cpu_dtype"), execution)
         routing = comps.routing
         if routing.replays:
             if c.get("record_trace"):
@@ -312,8 +327,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         steps = step_table(gen, timeline)
         metrics = run_metrics(gen, steps, timeline, executor.counters, executor.transfers.count,
                               executor.capacity, om.spec.expert_bytes, row.get("ref_tpot_median_ms"))
-        metrics.update(prediction_metrics(executor.counters), **verify_metrics(gen, executor.counters),
-                       **signal_metrics(executor.counters),
+        metrics.update(executor.observers.row(), **verify_metrics(gen, executor.counters),
                        cpu_ms=executor.cpu_worker.busy_ms, cpu_wait_ms=executor.cpu_worker.wait_ms)
         executor.reset()
         with through_executor(om, executor, comps):
@@ -329,6 +343,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         if eval_tasks:  # task scores (lm-evaluation-harness) through the executor, last: if a task fails, the
             with through_executor(om, executor, comps):  # row still holds every measurement above
                 row.update(score_tasks(om, dec, c, eval_tasks, row["run_id"], experiment))
+        check_row(row)
     except BaseException as e:
         row["status"] = "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted"
         row["error"] = f"{type(e).__name__}: {e}"
@@ -337,7 +352,8 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         raise
     finally:
         row["wall_s"] = time.time() - t_start
-        _record(row, steps, logger, c)
+        stored = _record(row, steps, logger, c, exp_dir)
+    safekeeping.require_stored(stored)  # a finished run whose row went to a fallback file is an error
     return row
 
 
@@ -354,8 +370,9 @@ def save_trace(tracer: TracingBackend, gen: Any, om: OffloadedModel, batches: li
     return tracer.save(Path(str(c.get("results_dir", "results"))) / experiment / rid / "trace.parquet", header)
 
 
-def _record(row: dict[str, Any], steps: Any, logger: Any, c: Mapping[str, Any]) -> None:
-    """Write the row even when the run failed before its logger was built."""
+def _record(row: dict[str, Any], steps: Any, logger: Any, c: Mapping[str, Any], exp_dir: Path
+            ) -> safekeeping.Stored:
+    """Write the row even when the run failed before its logger was built (a fallback file if it must)."""
     row.setdefault("model_loads", MODELS.loads)  # models this process has loaded so far: a sweep's runs share one
     if logger is None:
         from moelab.loggers.local import LocalLogger
@@ -363,81 +380,5 @@ def _record(row: dict[str, Any], steps: Any, logger: Any, c: Mapping[str, Any]) 
         logger_cfg = c.get("logger") if isinstance(c.get("logger"), Mapping) else {}
         logger = LocalLogger(results_dir=str(c.get("results_dir", "results")), console=False,
                              row_files=bool(logger_cfg.get("row_files", False)))
-    try:
-        logger.log_run(row, steps)
-    except Exception as e:  # recording must never hide the run's own error
-        print(f"warning: could not record run {row.get('run_id')}: {e}", file=sys.stderr)
-
-
-class _SweepInterrupt:
-    """Ctrl-C in a sweep: inside a run it stops the run at once (recorded as interrupted); between runs, where
-    Hydra composes the next job and does not survive an interrupt cleanly, it is held until the next run starts."""
-
-    installed = False
-    in_run = False
-    pending = False
-
-    @classmethod
-    def install(cls) -> None:
-        if not cls.installed:
-            signal.signal(signal.SIGINT, cls._handle)
-            cls.installed = True
-
-    @classmethod
-    def _handle(cls, signum: int, frame: Any) -> None:
-        if cls.in_run:
-            raise KeyboardInterrupt
-        cls.pending = True
-
-
-def run_from_hydra(cfg: DictConfig) -> float | None:
-    """Hydra task: a bad input ends a single run with one line; in a sweep it is recorded and skipped.
-
-    In a sweep, a run whose config already has an `ok` row in its experiment is not run again (so the
-    same command finishes an interrupted sweep); `+rerun=true` runs it anyway. Single runs always run.
-    """
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from moelab import sweep
-
-    try:
-        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:
-        multirun = False
-    if multirun:
-        _SweepInterrupt.install()
-        if _SweepInterrupt.pending:  # Ctrl-C came between two runs: stop before starting the next
-            print("\ninterrupted; finished runs keep their rows, the same command resumes the sweep", file=sys.stderr)
-            sys.exit(130)
-    rid, done = sweep.previous_run(cfg) if multirun else (None, None)
-    if done is not None:
-        sweep.note("skipped", rid)
-        print(f"skipped run {rid}: already ok in {cfg.get('results_dir')}/{cfg.get('experiment_name')} "
-              "(+rerun=true runs it again)", flush=True)
-        return sweep.objective(done)
-    try:
-        _SweepInterrupt.in_run = True
-        try:
-            row = run(cfg)
-        finally:
-            _SweepInterrupt.in_run = False
-        sweep.note(str(row.get("status")), rid)
-        return row.get("tpot_ms")
-    except MoelabError as e:
-        sweep.note("failed", rid)
-        print(f"error: {e}", file=sys.stderr)
-        if multirun:
-            return None
-        sys.exit(2)
-    except KeyboardInterrupt:  # the run is recorded as interrupted; rows of finished runs are untouched
-        print("\ninterrupted" + ("; finished runs keep their rows, the same command resumes the sweep" if multirun
-                                 else "; recorded as interrupted"), file=sys.stderr)
-        sys.exit(130)
-    except Exception as e:
-        sweep.note("failed", rid)
-        if multirun:
-            print(f"run failed ({type(e).__name__}: {e}); recorded as failed, sweep continues", file=sys.stderr)
-            traceback.print_exc()
-            return None
-        raise
+    with Interrupts.held():  # a signal while the row is written waits until it is written
+        return safekeeping.record(row, steps, logger, exp_dir)

@@ -3,7 +3,7 @@
 A sweep is Hydra's Cartesian product of overrides, each point one call of `moelab.runner.run`.
 Three things make it practical for long sweeps:
 - resume: a run whose config already has an `ok` row in its experiment's results is skipped
-  (`finished_row`, checked by `moelab.runner.run_from_hydra`; `+rerun=true` runs it again), so an
+  (`finished_row`, checked by `moelab.command.run_from_hydra`; `+rerun=true` runs it again), so an
   interrupted or partly failed sweep is finished by typing the same command again;
 - progress: `SweepProgress`, a Hydra callback (conf/config.yaml `hydra.callbacks`), shows runs
   done/total with an ETA; each run adds its own bar of generated tokens;
@@ -27,9 +27,22 @@ from omegaconf import DictConfig
 _LAST: dict[str, Any] = {}  # how the last run of this process ended, for the progress bar
 
 
-def note(status: str, run_id: str | None = None) -> None:
-    """Record how the current run ended (ok, failed, skipped, ...) for `SweepProgress`."""
-    _LAST.update(status=status, run_id=run_id)
+def note(status: str, run_id: str | None = None, error: str = "") -> None:
+    """Record how the current run ended (ok, failed, skipped, ...) and why it failed, for `SweepProgress`."""
+    _LAST.update(status=status, run_id=run_id, error=error)
+
+
+FAILED_POINTS: list[tuple[str, str]] = []  # (overrides, one-line error) of the last sweep's failed points
+
+
+def exit_code() -> int:
+    """The command's exit status once Hydra is done: 128 + N if a signal N came after the last run (it was held
+    while Hydra finished), else 1 if any point of a sweep failed, else 0."""
+    from moelab.interrupts import Interrupts
+
+    if Interrupts.pending is not None:
+        return 128 + int(Interrupts.pending)
+    return 1 if FAILED_POINTS else 0
 
 
 def previous_run(cfg: DictConfig) -> tuple[str | None, dict[str, Any] | None]:
@@ -94,10 +107,11 @@ class SweepProgress(Callback):
         self.bar: Any = None
         self.counts: Counter[str] = Counter()
         self.run_ids: list[str] = []
+        self.failed: list[tuple[str, str]] = []
         self.where = ("results", "default")
 
     def __getstate__(self) -> dict[str, Any]:  # launchers pickle callbacks to their workers: not the bar
-        return {"bar": None, "counts": Counter(), "run_ids": [], "where": self.where}
+        return {"bar": None, "counts": Counter(), "run_ids": [], "failed": [], "where": self.where}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from tqdm.auto import tqdm
@@ -113,8 +127,11 @@ class SweepProgress(Callback):
             self.bar = tqdm(total=sweep_size(config), desc="sweep", unit="run", position=0, dynamic_ncols=True)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        status, rid = _LAST.pop("status", "failed"), _LAST.pop("run_id", None)
+        status, rid, error = _LAST.pop("status", "failed"), _LAST.pop("run_id", None), _LAST.pop("error", "")
         self.counts[status] += 1
+        if status in ("failed", "interrupted"):
+            overrides = " ".join(config.hydra.overrides.task) if "hydra" in config else ""
+            self.failed.append((overrides, (error or status).splitlines()[0][:240]))
         if rid is not None:
             self.run_ids.append(rid)
         if self.bar is None:
@@ -136,8 +153,13 @@ class SweepProgress(Callback):
                     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-"))
             except Exception as e:  # a summary must not fail a finished sweep
                 print(f"(no sweep table: {type(e).__name__}: {e})")
+            if self.failed:
+                print(f"failed points ({len(self.failed)}):")
+                for overrides, error in self.failed:
+                    print(f"  {overrides or '(no overrides)'}\n    {error}")
             parts = ", ".join(f"{n} {k}" for k, n in sorted(self.counts.items()))
             print(f"sweep done: {parts}; results in {'/'.join(self.where)}/runs.parquet", flush=True)
+        FAILED_POINTS[:] = self.failed
 
 
 TABLE_METRICS = ("tpot_ms", "hit_rate", "token_agreement", "tokens_per_s")
@@ -173,26 +195,49 @@ def status_table(results_dir: str | Path, experiment: str | None = None) -> Any:
     return latest.groupby(["experiment", "status"]).size().unstack(fill_value=0)
 
 
+def experiments(root: Path) -> list[str]:
+    """Experiments under a results folder: folders with a runs.parquet or row files."""
+    from moelab.results.store import ROW_FILES
+
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and ((p / "runs.parquet").exists() or any(
+        (p / ROW_FILES).glob("*.parquet"))))
+
+
+USAGE = "usage: python -m moelab.sweep status|merge RESULTS_DIR [EXPERIMENT]"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m moelab.sweep status|merge RESULTS_DIR [EXPERIMENT]`."""
+    """`python -m moelab.sweep status|merge RESULTS_DIR [EXPERIMENT]`; a bad input is one `error:` line, exit 2."""
+    from moelab.core.errors import MoelabError
     from moelab.results.store import merge_row_files
 
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return 0
     if len(args) not in (2, 3) or args[0] not in ("status", "merge"):
-        print("usage: python -m moelab.sweep status|merge RESULTS_DIR [EXPERIMENT]", file=sys.stderr)
+        print(f"error: expected a command and a results folder; {USAGE}", file=sys.stderr)
         return 2
     root = Path(args[1])
     if not root.is_dir():
         print(f"error: no results directory {root}", file=sys.stderr)
         return 2
-    if args[0] == "merge":
-        dirs = [root / args[2]] if len(args) == 3 else sorted(p for p in root.iterdir() if p.is_dir())
-        for d in dirs:
-            n = merge_row_files(d)
-            if n:
-                print(f"{d}: merged {n} row files into runs.parquet")
-        return 0
-    table = status_table(root, args[2] if len(args) == 3 else None)
+    known = experiments(root)
+    if len(args) == 3 and args[2] not in known:
+        print(f"error: no experiment {args[2]!r} under {root}; experiments there: {', '.join(known) or 'none'}",
+              file=sys.stderr)
+        return 2
+    try:
+        if args[0] == "merge":
+            for name in [args[2]] if len(args) == 3 else known:
+                n = merge_row_files(root / name)
+                if n:
+                    print(f"{root / name}: merged {n} row files into runs.parquet")
+            return 0
+        table = status_table(root, args[2] if len(args) == 3 else None)
+    except MoelabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(table.to_string() if len(table) else f"no runs under {root}")
     return 0
 

@@ -15,9 +15,10 @@
 # %% [markdown]
 # # Hit rate and TPOT vs GPU expert budget, per prefetch policy
 #
-# `python run.py -m +experiment=budget_sweep` (4 policies x 3 budgets; `model=mixtral model.num_layers=4` on
-# the GPU machine for real timings). Each line is a prefetch policy; `oracle` is the bound, `on_demand` the
-# baseline; the dashed line in the TPOT panel is the un-offloaded model.
+# `python run.py -m +experiment=budget_sweep` (4 policies x 3 budgets;
+# `model=mixtral model.random_init=true model.num_layers=4` on the GPU machine for real timings). Each line is
+# a prefetch policy; `oracle` is the bound, `on_demand` the baseline; the dashed line in the TPOT panel is the
+# un-offloaded model.
 #
 # Reads `$MOELAB_RESULTS` (default: `results/`, from the repository root or from notebooks/) and writes the
 # figure as PNG and PDF to its `figures/` folder. `MOELAB_EXPERIMENT` reads another experiment name

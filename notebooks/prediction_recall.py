@@ -17,7 +17,7 @@
 #
 # `python run.py -m +experiment=prediction_recall` (ar_binary, qhs d=1, qhs d=2, oracle; add trained MLPs with
 # `+experiment/predictor=mlp prefetch.path=DIR`). Recall of a layer = |experts requested for it before it ran
-# ∩ experts it used| / |experts it used|, over decode steps (METRICS.md). Layers a predictor cannot predict
+# ∩ experts it used| / |experts it used|, over decode steps (docs/METRICS.md). Layers a predictor cannot predict
 # (qhs has nothing for the first MoE layer) are left out, not drawn as zero.
 #
 # Reads `$MOELAB_RESULTS` (default: `results/`, from the repository root or from notebooks/) and writes the

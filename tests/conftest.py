@@ -17,16 +17,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 from moelab.core import registry  # noqa: E402
+from moelab.core.types import Execution  # noqa: E402
 from moelab.models.build import offload_hf_model  # noqa: E402
 from moelab.offload.executor import OffloadExecutor  # noqa: E402
 from moelab.offload.kernels import ExpertKernel  # noqa: E402
 
-ARCHS = registry.names("model")
+ARCHS = registry.names("arch")
 
 
 def tiny_hf_model(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:
     """A plain transformers model of `arch`, float32, with non-zero biases so they are exercised."""
-    adapter = registry.get("model", arch)()
+    adapter = registry.get("arch", arch)()
     cfg = AutoConfig.for_model(arch, **adapter.tiny_config(**overrides))
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval().requires_grad_(False)
@@ -46,11 +47,13 @@ def offloaded_copy(model: torch.nn.Module):
     return offload_hf_model(copy.deepcopy(model), "cpu")
 
 
-def make_executor(om, capacity: int, prefetch: str = "none", cache: str = "lru", balancer: str = "gpu_only"):
+def make_executor(om, capacity: int, prefetch: str = "none", cache: str = "lru", balancer: str = "gpu_only",
+                  **execution):
+    """An executor around `om` with registered policies; `execution` keys as in conf/execution/default.yaml."""
     return OffloadExecutor(
         om.store, {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}, om.spec, capacity, om.device,
         registry.build("prefetch", {"name": prefetch}), registry.build("cache", {"name": cache}),
-        registry.build("balancer", {"name": balancer}),
+        registry.build("balancer", {"name": balancer}), execution=Execution(**execution),
     )
 
 

@@ -48,7 +48,7 @@ def replay(om, capacity: int, cache: str, seq: list[int], prefetch: str = "none"
             if part.needs_future:
                 part.set_future(future)
     run()
-    return ex, {k.expert for k in ex.cache.table}
+    return ex, {k.expert for k in ex.pool.table}
 
 
 TEXTBOOK = [7, 0, 1, 2, 0, 3, 0, 4, 2, 3, 0, 3, 2]  # capacity 3: 7 faults under OPT, 9 under LRU, 10 under FIFO
@@ -116,7 +116,7 @@ def test_new_caches_keep_inference_exact(cache):
     assert out.new_tokens == ref.new_tokens
     assert all(torch.equal(a, b) for a, b in zip(ref.logits, out.logits))
     assert ex.counters.evictions > 0
-    assert all(isinstance(k, ExpertKey) for k in ex.cache.table)
+    assert all(isinstance(k, ExpertKey) for k in ex.pool.table)
 
 
 def test_belady_through_the_runner_copies_no_more_than_lru(tmp_path):

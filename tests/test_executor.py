@@ -54,7 +54,7 @@ def test_lru_victims_and_hit_accounting():
     for step_experts in ([0, 1], [2, 3], [0, 4], [1, 5]):
         layer_call(ex, 0, [step_experts])
     # after [0,1] [2,3]: full. [0,4]: 0 hits; 4 evicts LRU=1. [1,5]: 1 misses (evicts 2), 5 misses (evicts 3)
-    assert set(ex.cache.table) == {ExpertKey(0, e) for e in (0, 4, 1, 5)}
+    assert set(ex.pool.table) == {ExpertKey(0, e) for e in (0, 4, 1, 5)}
     tl = ex.finish()
     assert sum(u.hit for u in tl.uses) == 1 and len(tl.uses) == 8
     assert ex.transfers.count["demand"] == 7
@@ -96,13 +96,13 @@ def test_prefetch_queue_fills_slots_and_counts_use_and_waste():
     ex.prefetch = FixedPrefetch([6, 7])
     ex.reset()
     layer_call(ex, 0, [[0, 1]])  # demand 0, 1; at the step's end prefetch 6, 7 into the free slots
-    assert {ExpertKey(0, e) for e in (0, 1, 6, 7)} == set(ex.cache.table)
+    assert {ExpertKey(0, e) for e in (0, 1, 6, 7)} == set(ex.pool.table)
     assert ex.transfers.count == {"demand": 2, "prefetch": 2}
     x, idx, w, y = layer_call(ex, 0, [[6, 0]])  # 6 was prefetched: a hit, and a prefetched use
     torch.testing.assert_close(y, manual_layer(om, 0, x, idx, w), rtol=1e-5, atol=1e-6)
     ex.prefetch.experts = [2]  # a full cache: the prefetch of 2 evicts the least recently used expert, 1
     layer_call(ex, 0, [[6, 0]])
-    assert set(ex.cache.table) == {ExpertKey(0, e) for e in (0, 2, 6, 7)}
+    assert set(ex.pool.table) == {ExpertKey(0, e) for e in (0, 2, 6, 7)}
     tl = ex.finish()
     step1 = [u for u in tl.uses if u.step == 1]
     assert all(u.hit for u in step1) and sum(u.first_prefetched_use for u in step1) == 1
@@ -115,4 +115,4 @@ def test_reset_forgets_everything():
     om, ex = setup(capacity=4)
     layer_call(ex, 0, [[0, 1]])
     ex.reset()
-    assert not ex.cache.table and ex.transfers.count["demand"] == 0 and not ex.counters.routing
+    assert not ex.pool.table and ex.transfers.count["demand"] == 0 and not ex.counters.routing

@@ -34,7 +34,7 @@ def preset(name: str) -> dict:
     ("phimoe", 150.0, 16, 2, 32),
 ])
 def test_full_size_presets_are_planned_without_weights(name, expert_mib, experts, top_k, moe_layers):
-    cfg = {**preset(name), "num_layers": None}
+    cfg = {**preset(name), "random_init": True, "num_layers": None}
     plan = plan_model(cfg, CPU)
     assert plan.spec.expert_bytes / MIB == pytest.approx(expert_mib, abs=0.1)
     assert (plan.spec.num_experts, plan.spec.top_k, len(plan.spec.moe_layers)) == (experts, top_k, moe_layers)
@@ -42,10 +42,10 @@ def test_full_size_presets_are_planned_without_weights(name, expert_mib, experts
 
 
 def test_deepseek_v3_preset_layers():
-    plan = plan_model(preset("deepseek_v3"), CPU)  # num_layers: 5 with 3 dense layers
+    plan = plan_model({**preset("deepseek_v3"), "random_init": True}, CPU)  # num_layers: 5 with 3 dense layers
     assert plan.spec.moe_layers == (3, 4) and plan.spec.num_experts == 256
     with pytest.raises(ConfigError, match="dense"):
-        plan_model({**preset("deepseek_v3"), "num_layers": 3}, CPU)
+        plan_model({**preset("deepseek_v3"), "random_init": True, "num_layers": 3}, CPU)
 
 
 def tiny_cfg(seed=0):
@@ -105,10 +105,10 @@ def test_experts_load_without_a_second_pageable_copy(tmp_path):
 def test_hub_names_of_the_experts_are_understood():
     from moelab.core import registry
 
-    mixtral = registry.get("model", "mixtral")()
+    mixtral = registry.get("arch", "mixtral")()
     key = mixtral.rename("model.layers.3.block_sparse_moe.experts.5.w3.weight")
     assert mixtral.expert_key(key) == (3, 5, "gate_up_proj", 1)
-    qwen = registry.get("model", "qwen3_moe")()
+    qwen = registry.get("arch", "qwen3_moe")()
     assert qwen.expert_key("model.layers.0.mlp.experts.7.down_proj.weight") == (0, 7, "down_proj", None)
     assert qwen.expert_key("model.layers.2.mlp.experts.gate_up_proj") == (2, None, "gate_up_proj", None)
     assert qwen.expert_key("model.layers.2.mlp.gate.weight") is None
@@ -129,7 +129,7 @@ def test_presets_exist_for_every_adapter():
     from moelab.core import registry
 
     archs = {yaml.safe_load(p.read_text()).get("arch") for p in (ROOT / "conf" / "model").glob("*.yaml")}
-    assert set(registry.names("model")) <= archs
+    assert set(registry.names("arch")) <= archs
 
 
 def test_repository_layout():

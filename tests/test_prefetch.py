@@ -30,8 +30,8 @@ class RecordingQhs(QhsPrefetch):
         return super().on_prediction(prediction, cache)
 
 
-def executor_with(om, capacity, policy):
-    ex = make_executor(om, capacity)
+def executor_with(om, capacity, policy, **execution):
+    ex = make_executor(om, capacity, **execution)
     ex.prefetch = policy
     ex.reset()
     return ex
@@ -45,8 +45,9 @@ def generate(om, ex, batches, n, keep_logits=False, future=None):
         routing = list(ex.counters.routing)
         ex.reset()
         ex.prefetch.set_future(routing)
-    look = Lookahead(om, ex.prefetch.lookahead, ex, keep_router_logits=ex.prefetch.speculative_execution) \
-        if ex.prefetch.lookahead or ex.prefetch.speculative_execution else None
+    mode = ex.execution.speculative
+    look = Lookahead(om, ex.prefetch.lookahead, ex, keep_router_logits=mode == "router",
+                     predicted_logits=mode == "predicted") if ex.prefetch.lookahead or ex.execution.speculates else None
     with om.using(ex):
         if look is None:
             return DEC.generate(om, batches, n, keep_logits=keep_logits)
@@ -168,10 +169,12 @@ def test_oracle_with_room_for_one_step_never_fetches_on_demand_after_warm_up():
 
 def test_prediction_recall_is_measured_per_layer():
     ex, _ = _io("oracle", capacity=32)
-    assert ex.counters.recall and all(v[0] == v[1] for v in ex.counters.recall.values())  # the oracle is right
+    recall = ex.observers["prediction_recall"].recall
+    assert recall and all(v[0] == v[1] for v in recall.values())  # the oracle is right
     ex, _ = _io("qhs", capacity=32)
-    assert 0 not in ex.counters.recall  # nothing predicts the first MoE layer of a step
-    assert all(0 <= v[0] <= v[1] for v in ex.counters.recall.values())
+    recall = ex.observers["prediction_recall"].recall
+    assert 0 not in recall  # nothing predicts the first MoE layer of a step
+    assert all(0 <= v[0] <= v[1] for v in recall.values())
 
 
 def test_speculative_execution_runs_the_best_predicted_experts_with_renormalised_weights():
@@ -179,7 +182,7 @@ def test_speculative_execution_runs_the_best_predicted_experts_with_renormalised
     run, weighted by its softmax over them, scaled to the mass of its own top-k weights."""
     model = tiny_hf_model("mixtral", num_hidden_layers=2, num_local_experts=8)
     om = offloaded_copy(model)
-    ex = executor_with(om, 8, QhsPrefetch(k=3, speculative_execution=True))
+    ex = executor_with(om, 8, QhsPrefetch(k=3), speculative="router")
     logits = torch.tensor([[4.0, -1.0, 0.0, 3.0, -2.0, 0.0, 1.0, -3.0]])
     ex.router_logits[1] = logits
     ex._candidates[1] = [[1, 3, 6]]
@@ -201,9 +204,10 @@ def test_speculative_execution_avoids_fetches_and_changes_the_output():
     ref = DEC.generate(PlainModel(model, om.device), batches, 8)
     exact = executor_with(om, 12, QhsPrefetch())
     generate(om, exact, batches, 8)
-    spec = executor_with(om, 12, QhsPrefetch(speculative_execution=True))
+    spec = executor_with(om, 12, QhsPrefetch(), speculative="router")
     out = generate(om, spec, batches, 8)
-    assert spec.counters.spec_pairs > 0 and spec.counters.spec_changed > 0
+    changes = spec.observers["spec_exec"]
+    assert changes.pairs > 0 and changes.changed > 0
     assert spec.transfers.count["demand"] < exact.transfers.count["demand"]
     assert out.new_tokens != ref.new_tokens  # it runs other experts: no longer the model's own output
 

@@ -16,7 +16,7 @@ from tests.test_cli import QUICK, run_cli, runs
 def test_oracle_and_speculative_execution_through_the_runner(tmp_path):
     p = run_cli(tmp_path, "policy=oracle", "experiment_name=pol", "workload.max_new_tokens=6")
     assert p.returncode == 0, p.stderr
-    p = run_cli(tmp_path, "policy=qhs", "prefetch.speculative_execution=false,true", "experiment_name=pol",
+    p = run_cli(tmp_path, "policy=qhs", "execution.speculative=none,router", "experiment_name=pol",
                 "workload.max_new_tokens=6", multirun=True)
     assert p.returncode == 0, p.stderr
     df = runs(tmp_path, "pol").set_index(["prefetch", "speculative_execution"])

@@ -14,7 +14,7 @@ def test_every_kind_has_its_baseline():
     assert "builtin" in registry.names("workload")
     assert "local" in registry.names("logger")
     assert {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3", "gpt_oss", "phimoe"} <= set(
-        registry.names("model")
+        registry.names("arch")
     )
 
 

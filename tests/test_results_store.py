@@ -16,15 +16,15 @@ def _append_many(path, worker, n):
 
 def test_concurrent_appends_keep_every_row(tmp_path):
     path = tmp_path / "exp" / "runs.parquet"
-    procs = [mp.get_context("spawn").Process(target=_append_many, args=(path, w, 10)) for w in range(3)]
+    procs = [mp.get_context("spawn").Process(target=_append_many, args=(path, w, 20)) for w in range(4)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
+        p.join(120)
         assert p.exitcode == 0
     df = pd.read_parquet(path)
-    assert len(df) == 30
-    assert sorted(df.groupby("worker").size().tolist()) == [10, 10, 10]
+    assert len(df) == 80
+    assert df.groupby("worker").i.apply(sorted).tolist() == [list(range(20))] * 4  # every row, each once
 
 
 def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):

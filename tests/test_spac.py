@@ -15,12 +15,11 @@ import pytest
 
 from moelab.core import registry
 from moelab.core.cost import CostModel
-from moelab.core.types import CacheView, ExpertKey, ModelSpec, Placement
+from moelab.core.types import CacheView, ExpertKey, LayerCall, ModelSpec, Placement
 from moelab.decoding.autoregressive import AutoregressiveDecoding
 from moelab.decoding.speculative import SpeculativeDecoding
-from moelab.metrics.summary import signal_metrics
 from moelab.models.plain import PlainModel
-from moelab.offload.executor import ExecutorCounters
+from moelab.observers.spac_signals import SignalComparison
 from moelab.policies.balance.spac import best_split_exact, best_split_greedy, split_cost
 from moelab.policies.utility import UtilityEstimator
 from tests.conftest import ROOT, make_executor, offloaded_copy, random_prompts, tiny_hf_model
@@ -159,14 +158,16 @@ def test_spac_through_the_executor_is_exact_and_uses_both_paths():
         out = sd.generate(om, batches, 10)
     assert out.new_tokens == ref.new_tokens
     assert ex.counters.cpu_uses > 0 and ex.transfers.count["prefetch"] > 0 and ex.transfers.count["demand"] > 0
-    assert ex.counters.recall  # the utility prefetch is scored like every predictor
+    assert ex.observers["prediction_recall"].recall  # the utility prefetch is scored like every predictor
 
 
 def test_frequency_map_and_binary_signal_are_scored_on_the_same_passes():
-    c = ExecutorCounters()
-    # layer 0: pass 1 first token used {1, 2}, whole pass {1, 2, 5 (x3)}; pass 2 used {2, 5}
-    c.signals = [(1, 0, (1, 2), {1: 1, 2: 1, 5: 3}), (2, 0, (2, 5), {2: 1, 5: 1}), (4, 0, (0, 1), {0: 1, 1: 1})]
-    m = signal_metrics(c)
+    obs = SignalComparison()
+    obs.reset(None)
+    # layer 0: pass 1 first token used {1, 2}, whole pass {1, 2, 5 (x3)}; pass 2 used {2, 5}; step 3 is not one
+    for step, choice in ((1, (1, 2, 5, 5, 5)), (2, (2, 5)), (3, (2, 3)), (4, (0, 1))):
+        obs.on_layer(LayerCall(step, 0, "verify" if step != 3 else "decode", 2, choice, choice, False))
+    m = obs.row()
     assert m["signal_binary_recall"] == 0.5 and m["signal_freq_recall"] == 1.0
     assert m["signal_freq_at_k_recall"] == 0.5  # top-2 by count: 5, then 1 (ties by id): only 5 is next
     assert m["signal_freq_precision"] == pytest.approx(2 / 3)

@@ -105,5 +105,5 @@ def test_spac_released_through_the_executor_is_exact_and_splits_by_residency():
     assert out.new_tokens == ref.new_tokens
     assert ex.transfers.count["demand"] == 0  # misses run on the CPU, never fetched
     assert ex.counters.cpu_uses > 0 and ex.transfers.count["prefetch"] > 0
-    assert set(ex.prefetch.engine.slot_level) == set(ex.cache.table)  # the executor did what the engine decided
+    assert set(ex.prefetch.engine.slot_level) == set(ex.pool.table)  # the executor did what the engine decided
     assert ex.cache_policy.engine is ex.prefetch.engine

@@ -84,13 +84,13 @@ def test_hot_set_is_resident_before_the_pass_and_never_evicted():
     ex = static_executor(om, 12, scratch=8)
     profile_then_preload(om, ex, batches, 6)
     hot = ex.cache_policy.hot
-    assert len(hot) == 4 and set(ex.cache.table) == hot  # resident at the start of the timed pass ...
+    assert len(hot) == 4 and set(ex.pool.table) == hot  # resident at the start of the timed pass ...
     assert ex.transfers.count == {"demand": 0, "prefetch": 0} and not ex.recorder.timeline.copies  # ... uncounted
-    assert all(ex.cache.lookup(k).ready is None for k in hot)
+    assert all(ex.pool.lookup(k).ready is None for k in hot)
     with om.using(ex):
         DEC.generate(om, batches, 6)
     timeline = ex.finish()
-    assert hot <= set(ex.cache.table) and ex.cache_policy.stats()["static_hot_evictions"] == 0
+    assert hot <= set(ex.pool.table) and ex.cache_policy.stats()["static_hot_evictions"] == 0
     hot_uses = [u for u in timeline.uses if u.key in hot]
     assert hot_uses and all(u.hit for u in hot_uses)
     assert not any(c.key in hot for c in timeline.copies)  # copied once, before the pass, never again

@@ -93,7 +93,8 @@ def run_label(row: pd.Series | dict[str, Any]) -> str:
         return label
     policy = str(row.get("policy") or row.get("prefetch") or "run")
     distance = _num(row.get("cfg.prefetch.distance"))
-    return f"{policy} d={int(distance)}" if distance is not None and policy in ("qhs", "mlp") else policy
+    predicts = str(row.get("prefetch") or policy) in ("qhs", "mlp") and "prefetch.distance=" not in policy
+    return f"{policy} d={int(distance)}" if distance is not None and predicts else policy
 
 
 def with_labels(df: pd.DataFrame) -> pd.DataFrame:

@@ -1,5 +1,5 @@
 """Per-layer top-k prediction recall of prefetch predictors: the table and the figure the Speculating
-Experts paper reports, built from results rows (`prediction_recall_layers`, see METRICS.md)."""
+Experts paper reports, built from results rows (`prediction_recall_layers`, see docs/METRICS.md)."""
 
 from __future__ import annotations
 

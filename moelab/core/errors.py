@@ -19,3 +19,7 @@ class CheckpointError(MoelabError):
 
 class MissingDependencyError(MoelabError, ImportError):
     """An optional package that a feature needs is not installed (the message says how to install it)."""
+
+
+class ResultsError(MoelabError):
+    """The results folder or a results file cannot be written or read (the message names it and what to do)."""

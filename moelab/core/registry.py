@@ -19,10 +19,11 @@ KIND_PACKAGES: dict[str, str] = {
     "cache": "moelab.policies.cache",
     "balancer": "moelab.policies.balance",
     "decoding": "moelab.decoding",
-    "model": "moelab.models.arch",
+    "arch": "moelab.models.arch",  # architecture adapters (conf/model/ holds model presets)
     "workload": "moelab.workloads",
     "logger": "moelab.loggers",
     "routing": "moelab.routing",
+    "observer": "moelab.observers",
 }
 
 _registry: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_PACKAGES}

@@ -8,6 +8,8 @@ from enum import Enum
 from functools import cached_property
 from typing import Any, NamedTuple
 
+from moelab.core.errors import ConfigError
+
 
 class ExpertKey(NamedTuple):
     """One routed expert: the decoder layer index it belongs to and its index in that layer."""
@@ -53,6 +55,21 @@ class RoutingEvent:
     num_tokens: int
     experts: tuple[int, ...]  # distinct experts used, ascending
     counts: tuple[int, ...]  # tokens routed to each of `experts`
+
+
+@dataclass(frozen=True)
+class LayerCall:
+    """One MoE layer call as it ran: the router's choice and what was executed, per (token, k) pair, flat [T * K].
+    Observers (moelab.observers) measure from it; `executed` differs from `router_choice` only under
+    speculative execution."""
+
+    step: int
+    layer: int
+    phase: str  # "prefill" | "decode" | "verify"
+    top_k: int
+    router_choice: tuple[int, ...]  # [T * K]
+    executed: tuple[int, ...]  # [T * K]
+    speculative: bool  # speculative execution replaced the router's choice in this call
 
 
 @dataclass(frozen=True)
@@ -142,3 +159,48 @@ class CacheView:
 
     def __len__(self) -> int:
         return len(self._table)
+
+
+SPECULATIVE_MODES = ("none", "router", "predicted")
+COMPUTE_ORDERS = ("resident_first", "router")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the executor carries out the policies' decisions (`execution.*` in the config; the defaults are
+    today's rules). Each field changes reported numbers, so each is an ablation reachable from the CLI.
+
+    `speculative`: `none` runs the router's choice (exact); `router` runs, per token, the top_k of the predicted
+    experts by the true router's logits, weighted by its softmax renormalised over them; `predicted` runs the
+    predicted top_k with the softmax of the predicted router logits over them, without using the true router.
+    """
+
+    eviction: str = "plan_aware"  # moelab.policies.eviction
+    compute_order: str = "resident_first"  # resident_first | router
+    max_slot_gap: int = 8  # a grouped GEMM pays per group, empty or not: nearby slots share a call
+    speculative: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.speculative not in SPECULATIVE_MODES:
+            raise ConfigError(f"unknown execution.speculative {self.speculative!r}; "
+                              f"allowed: {', '.join(SPECULATIVE_MODES)}")
+        if self.compute_order not in COMPUTE_ORDERS:
+            raise ConfigError(f"unknown execution.compute_order {self.compute_order!r}; "
+                              f"allowed: {', '.join(COMPUTE_ORDERS)}")
+        if int(self.max_slot_gap) < 0:
+            raise ConfigError(f"execution.max_slot_gap must be >= 0, got {self.max_slot_gap}")
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> Execution:
+        cfg = dict(cfg or {})
+        unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"execution has no key(s) {', '.join(unknown)}; "
+                              f"allowed: {', '.join(cls.__dataclass_fields__)}")
+        if "max_slot_gap" in cfg:
+            cfg["max_slot_gap"] = int(cfg["max_slot_gap"])
+        return cls(**cfg)
+
+    @property
+    def speculates(self) -> bool:
+        return self.speculative != "none"

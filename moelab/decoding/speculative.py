@@ -23,14 +23,16 @@ from moelab.core.errors import ConfigError
 from moelab.core.registry import register
 from moelab.decoding.base import Generation, StepTiming, forward_step, now_ms
 from moelab.models.hf_compat import cache_kwargs
+from moelab.models.hub import locate, weight_dir
 from moelab.models.offloaded import OffloadedModel
 
 ACCEPTANCE = ("greedy", "sampling")
 
 
 class DraftModel:
-    """The draft: a local HF causal LM (`path`), or a small random dense model built from `config` (for the
-    embedded default, which has no trained draft). Loaded once per target device and dtype."""
+    """The draft: an HF causal LM (`path`: a hub id or a local directory), or a small random dense model built
+    from `config` (for random-weight targets, which have no trained draft). Loaded once per target device and
+    dtype."""
 
     def __init__(self, path: str | None, arch: str, config: Mapping[str, Any] | None, seed: int):
         self.path, self.arch, self.config, self.seed = path, arch, dict(config or {}), seed
@@ -47,8 +49,9 @@ class DraftModel:
     def _load(self, om: OffloadedModel) -> torch.nn.Module:
         vocab = int(om.config.vocab_size)
         if self.path:
+            local = weight_dir(locate(self.path))  # a hub id through the HF cache, as the target's
             try:
-                model = AutoModelForCausalLM.from_pretrained(self.path, dtype=om.dtype)
+                model = AutoModelForCausalLM.from_pretrained(str(local), dtype=om.dtype)
             except (OSError, ValueError) as e:
                 raise ConfigError(f"cannot load the draft model at {self.path}: {e}") from None
         else:

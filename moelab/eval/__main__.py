@@ -27,11 +27,16 @@ def _shorthand(argv: list[str]) -> list[str]:
 
 @hydra.main(version_base=None, config_path=CONF, config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from moelab.runner import run_from_hydra
+    from moelab.command import run_from_hydra
 
     return run_from_hydra(cfg)
 
 
 if __name__ == "__main__":
+    from moelab.hydra_errors import check_command_line
+    from moelab.sweep import exit_code
+
     sys.argv[1:] = _shorthand(sys.argv[1:])
+    check_command_line(sys.argv[1:], Path(CONF))  # Hydra's own errors as one line, exit 2
     main()
+    sys.exit(exit_code())  # a sweep with a failed point exits 1

@@ -24,12 +24,14 @@ class Session:
         from hydra import compose, initialize_config_dir
 
         from moelab import runner
+        from moelab.core.types import Execution
         from moelab.models.build import plan_model
+        from moelab.models.drafts import choose_draft
         from moelab.offload.budget import GIB, resolve_budget
 
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
             cfg = compose(config_name=config, overrides=list(overrides or []))
-        c = OmegaConf.to_container(cfg, resolve=True)
+        c = choose_draft(OmegaConf.to_container(cfg, resolve=True))  # as a run: the model's default draft
         comps = runner.build_components(c)
         device = runner.resolve_device(str(c.get("device", "auto")))
         plan = plan_model(c["model"], device)
@@ -37,7 +39,8 @@ class Session:
         budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
         comps.cache.reset(plan.spec, budget.experts)
         om = runner.MODELS.get(c["model"], device, plan)
-        executor = runner.make_executor(om, budget, comps, c.get("cpu_dtype"))
+        execution = Execution.from_config(c.get("execution"))
+        executor = runner.make_executor(om, budget, comps, c.get("cpu_dtype"), execution)
         executor.preload(comps.cache.preload())
         stack = ExitStack()
         stack.enter_context(runner.through_executor(om, executor, comps))

@@ -37,6 +37,6 @@ class LocalLogger:
         else:
             runs = self.results_dir / experiment / "runs.parquet"
             append_row(runs, row)
-        if self.console:
+        if self.console and row.get("status") == "ok":  # a failed run's table would be empty: its error says it
             print_summary(row)
         return runs

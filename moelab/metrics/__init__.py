@@ -1,1 +1,1 @@
-"""Numbers a run reports (definitions in ../shared/docs/METRICS.md, restated in docstrings here)."""
+"""Numbers a run reports (defined in docs/METRICS.md)."""

@@ -2,7 +2,8 @@
 
 Run-level numbers are over decode steps (prefill is reported apart: `ttft_ms`,
 `h2d_bytes_prefill`), because decode is where offloading policies differ and where TPOT is
-measured. Definitions follow METRICS.md; where it leaves a choice, the docstring says it.
+measured. Definitions: docs/METRICS.md. Measurements made from routing and prediction events (recall, signals,
+speculative execution) are observers (moelab.observers).
 """
 
 from __future__ import annotations
@@ -147,27 +148,6 @@ def run_metrics(
     }
 
 
-def prediction_metrics(counters: ExecutorCounters) -> dict[str, float | str]:
-    """How well the policy's requests for a layer (its prediction) matched the router's choice, decode only.
-
-    `prediction_topk_recall` is the mean over layers of |predicted & used| / |used| (METRICS.md);
-    `prediction_precision` pools |predicted & used| / |predicted|; `prediction_coverage` is the share of
-    decode layer calls that had a prediction at all (qhs has none for the first MoE layer of a step).
-    Per-layer recalls go to `prediction_recall_layers` as JSON {layer: recall}.
-    """
-    rec = {layer: v for layer, v in sorted(counters.recall.items()) if v[1]}
-    per_layer = {str(layer): v[0] / v[1] for layer, v in rec.items()}
-    hits, predicted = sum(v[0] for v in rec.values()), sum(v[2] for v in rec.values())
-    return {
-        "prediction_topk_recall": float(np.mean(list(per_layer.values()))) if per_layer else NAN,
-        "prediction_precision": _div(hits, predicted),
-        "prediction_calls": float(sum(v[3] for v in rec.values())),
-        "prediction_recall_layers": json.dumps(per_layer),
-        "spec_exec_changed": _div(counters.spec_changed, counters.spec_pairs),
-        "prediction_coverage": _div(sum(v[3] for v in rec.values()), counters.decode_layer_calls),
-    }
-
-
 def verify_metrics(gen: Generation, counters: ExecutorCounters) -> dict[str, float | str]:
     """Distinct experts a verification pass activates per layer: the cost that grows with gamma (MoE-SpAc)."""
     verify = {s.step for s in gen.steps if s.phase == "verify"}
@@ -180,33 +160,3 @@ def verify_metrics(gen: Generation, counters: ExecutorCounters) -> dict[str, flo
         "unique_experts_per_verify": float(np.mean(list(means.values()))) if means else NAN,
         "unique_experts_per_verify_layers": json.dumps(means),
     }
-
-
-def signal_metrics(counters: ExecutorCounters) -> dict[str, float | str]:
-    """MoE-SpAc's claim, measured on the same verification passes: how well each signal of pass s predicts
-    the experts pass s+1 uses, per layer. `binary`: the experts of the pass's first token (what one
-    autoregressive step shows); `freq`: every expert the pass activated (the frequency map's support);
-    `freq_at_k`: the frequency map's top experts by token count, as many as the binary signal names
-    (same prefetch budget). Recall = |signal & next| / |next|; precision = |signal & next| / |signal|.
-    """
-    by_layer: dict[int, list[tuple[int, tuple[int, ...], dict[int, int]]]] = defaultdict(list)
-    for step, layer, first, freq in counters.signals:
-        by_layer[layer].append((step, first, freq))
-    sums: dict[str, list[float]] = defaultdict(list)
-    per_layer: dict[str, dict[str, float]] = defaultdict(dict)
-    for layer, seq in sorted(by_layer.items()):
-        acc: dict[str, list[float]] = defaultdict(list)
-        for (s0, first, freq), (s1, _, nxt_freq) in zip(seq, seq[1:]):
-            if s1 != s0 + 1:  # a new prompt began in between
-                continue
-            nxt = set(nxt_freq)
-            ranked = sorted(freq, key=lambda e: (-freq[e], e))
-            for name, sig in (("binary", set(first)), ("freq", set(freq)), ("freq_at_k", set(ranked[: len(first)]))):
-                acc[f"{name}_recall"].append(len(sig & nxt) / len(nxt))
-                acc[f"{name}_precision"].append(len(sig & nxt) / len(sig))
-        for name, vals in acc.items():
-            per_layer[name][str(layer)] = float(np.mean(vals))
-            sums[name].append(float(np.mean(vals)))
-    out: dict[str, float | str] = {f"signal_{n}": float(np.mean(v)) for n, v in sums.items()}
-    out["signal_layers"] = json.dumps(per_layer) if per_layer else "{}"
-    return out

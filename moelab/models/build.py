@@ -2,15 +2,15 @@
 
 `plan_model` reads only configs (a meta-device skeleton, no weights), so a run can check its
 budget and component names before a single byte is loaded. `materialize` then allocates
-the store, puts the non-expert weights on the device and fills the experts: from a local
-checkpoint, or random (`random_init`) at any size, generated on the device when there is one.
+the store, puts the non-expert weights on the device and fills the experts: from a checkpoint
+(a local directory or a hub id, see `moelab.models.hub`), or random (`random_init`) at any size,
+generated on the device when there is one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,7 +21,8 @@ from moelab.core import registry
 from moelab.core.errors import CheckpointError, ConfigError
 from moelab.core.types import ModelSpec
 from moelab.models.adapter import MoeAdapter
-from moelab.models.checkpoint import find_config, load_checkpoint
+from moelab.models.checkpoint import expert_bytes_from_headers, find_config, load_checkpoint, refuse_quantized
+from moelab.models.hub import ModelSource, locate, tensor_shapes, weight_dir
 from moelab.models.offloaded import OffloadedExperts, OffloadedModel
 from moelab.models.tokenizer import load_tokenizer
 from moelab.offload.layout import ExpertLayout
@@ -41,12 +42,12 @@ def parse_dtype(name: str, device: torch.device | None = None) -> torch.dtype:
 
 def adapter_for(model_type: str) -> MoeAdapter:
     """The adapter of an HF `model_type`, or an error naming the supported ones."""
-    supported = registry.names("model")
+    supported = registry.names("arch")
     if model_type not in supported:
         raise ConfigError(
             f"architecture {model_type!r} has no moelab MoE adapter; supported architectures: {', '.join(supported)}"
         )
-    return registry.get("model", model_type)()
+    return registry.get("arch", model_type)()
 
 
 @dataclass
@@ -59,34 +60,45 @@ class ModelPlan:
     spec: ModelSpec
     layout: ExpertLayout
     dtype: torch.dtype
-    path: Path | None
+    source: ModelSource | None  # the checkpoint to load; None: random weights
     seed: int
+    checkpoint_expert_bytes: int | None = None  # from the safetensors headers, at `dtype`
 
     @property
     def total_expert_bytes(self) -> int:
-        return self.spec.total_experts * self.spec.expert_bytes
+        """The store's size; a checkpoint holding more than its config says (an error the loader names) counts."""
+        return max(self.spec.total_experts * self.spec.expert_bytes, self.checkpoint_expert_bytes or 0)
 
 
-def hf_config(cfg: Mapping[str, Any]) -> tuple[Any, MoeAdapter, Path | None]:
-    """The transformers config a model config describes, and its adapter."""
+def hf_config(cfg: Mapping[str, Any]) -> tuple[Any, MoeAdapter, ModelSource | None]:
+    """The transformers config a model config describes, its adapter, and where its checkpoint is.
+
+    With `random_init: true` and an `arch`, the model is built from `shapes` (a preset's copy of the released
+    config's sizes) and `config` (overrides); `path` is then only the model's name and is not looked up.
+    Otherwise `path` (a hub id or a local directory) supplies config.json, with `config` as overrides.
+    """
     path = cfg.get("path")
     overrides = dict(cfg.get("config") or {})
-    if path:
-        path = Path(str(path)).expanduser()
-        raw = find_config(path)
+    arch = cfg.get("arch")
+    if path and not (cfg.get("random_init", False) and arch):
+        source = locate(str(path), cfg.get("revision"))
+        raw = find_config(source.dir)
         model_type = raw.get("model_type")
         if not model_type:
-            raise CheckpointError(f"{path}/config.json has no model_type")
+            raise CheckpointError(f"{source}: config.json has no model_type")
         adapter = adapter_for(model_type)
+        refuse_quantized(raw, str(source))
         try:
-            config = AutoConfig.from_pretrained(str(path), **overrides)
+            config = AutoConfig.from_pretrained(str(source.dir), **overrides)
         except Exception as e:
-            raise CheckpointError(f"{path}/config.json cannot be read as a {model_type} config: {e}") from None
+            raise CheckpointError(f"{source}: config.json cannot be read as a {model_type} config: {e}") from None
     else:
-        arch = cfg.get("arch")
         if not arch:
-            raise ConfigError("model needs either `path` (a local HF directory) or `arch` with `random_init: true`")
+            raise ConfigError("model needs either `path` (a hub id or a local HF directory) or `arch` with "
+                              "`random_init: true`")
+        source = None
         adapter = adapter_for(str(arch))
+        overrides = {**(cfg.get("shapes") or {}), **overrides}
         if cfg.get("tiny"):
             overrides = adapter.tiny_config(**overrides)
         try:
@@ -95,20 +107,23 @@ def hf_config(cfg: Mapping[str, Any]) -> tuple[Any, MoeAdapter, Path | None]:
             raise ConfigError(f"invalid model.config for {arch}: {' '.join(str(e).split())}") from None
     if cfg.get("num_layers") is not None:
         adapter.set_num_layers(config, int(cfg["num_layers"]))
-    return config, adapter, path
+    return config, adapter, source
 
 
 def plan_model(cfg: Mapping[str, Any], device: torch.device | None = None) -> ModelPlan:
     """Everything about the model except its weights (`device` only resolves `dtype: auto`)."""
-    config, adapter, path = hf_config(cfg)
-    if path is None and not cfg.get("random_init", False):
-        raise ConfigError("model.path is not set: give a local HF directory, or set model.random_init=true")
+    config, adapter, source = hf_config(cfg)
+    random_init = bool(cfg.get("random_init", False))
+    if source is None and not random_init:
+        raise ConfigError("model.path is not set: give a hub id or a local HF directory, or set "
+                          "model.random_init=true")
+    weights = None if random_init else source
     dtype = parse_dtype(str(cfg.get("dtype", "auto")), device)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype)
     blocks = adapter.moe_blocks(skeleton)
     if not blocks:
-        raise CheckpointError(f"{path or cfg.get('arch')}: the model has no MoE layers with fused experts")
+        raise CheckpointError(f"{source or cfg.get('arch')}: the model has no MoE layers with fused experts")
     first = next(iter(blocks.values())).experts
     layout = ExpertLayout.from_module(first)
     spec = ModelSpec(
@@ -118,8 +133,12 @@ def plan_model(cfg: Mapping[str, Any], device: torch.device | None = None) -> Mo
         expert_bytes=layout.nbytes,
         hidden_size=int(config.hidden_size),
     )
-    return ModelPlan(str(cfg.get("name", config.model_type)), adapter, skeleton, spec, layout, dtype, path,
+    plan = ModelPlan(str(cfg.get("name", config.model_type)), adapter, skeleton, spec, layout, dtype, weights,
                      int(cfg.get("seed", 0)))
+    if weights is not None:  # the host-memory check reads the experts' size from the headers, not from weights
+        plan.checkpoint_expert_bytes = expert_bytes_from_headers(
+            tensor_shapes(weights), adapter, len(adapter.decoder_layers(skeleton)), dtype, str(weights))
+    return plan
 
 
 def _swap_experts(om: OffloadedModel) -> None:
@@ -130,6 +149,7 @@ def _swap_experts(om: OffloadedModel) -> None:
 
 def materialize(plan: ModelPlan, device: torch.device) -> OffloadedModel:
     """Allocate the store, place non-expert weights on `device`, fill the experts."""
+    path = weight_dir(plan.source) if plan.source is not None else None  # a hub model's download, if any
     store = ExpertStore(plan.layout, plan.spec.moe_layers, plan.spec.num_experts, pin=device.type == "cuda")
     model = plan.skeleton
     om = OffloadedModel(model, plan.adapter, store, plan.spec, device, plan.dtype, name=plan.name)
@@ -139,12 +159,12 @@ def materialize(plan: ModelPlan, device: torch.device) -> OffloadedModel:
     model.initialize_weights()  # random non-expert weights and the non-persistent buffers (rotary)
     if getattr(model.config, "tie_word_embeddings", False):
         model.tie_weights()
-    if plan.path is not None:
-        load_checkpoint(model, plan.adapter, store, plan.path)
+    if path is not None:
+        load_checkpoint(model, plan.adapter, store, path)
     else:
         fill_random(store, std=float(getattr(model.config, "initializer_range", 0.02)), seed=plan.seed, device=device)
     model.eval().requires_grad_(False)
-    om.tokenizer = load_tokenizer(plan.path, model.config)
+    om.tokenizer = load_tokenizer(path, model.config)
     return om
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,42 @@ def _load_tensor(entry: TensorEntry, key: str) -> torch.Tensor:
 _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
+def _is_quantized_expert(key: str) -> bool:
+    return key.endswith(("_blocks", "_scales", "weight_scale_inv")) and ".experts." in key
+
+
+def refuse_quantized(config: dict, name: str) -> None:
+    """Released quantized checkpoints (gpt-oss's MXFP4, DeepSeek-V3's FP8) store experts moelab cannot stream."""
+    q = config.get("quantization_config")
+    if q:
+        method = q.get("quant_method", "unknown") if isinstance(q, dict) else "unknown"
+        raise CheckpointError(
+            f"{name} is a quantized checkpoint (quantization_config.quant_method={method}); moelab reads "
+            "bf16/fp16/fp32 weights only: give model.path a bf16 copy of it (a hub id or a directory), or set "
+            "model.random_init=true for random weights at its shapes")
+
+
+def expert_bytes_from_headers(tensors: Iterable[tuple[str, str, tuple[int, ...]]], adapter: MoeAdapter,
+                              num_layers: int, dtype: torch.dtype, name: str) -> int:
+    """Bytes the routed experts of the first `num_layers` layers take in the store (at `dtype`), from the
+    checkpoint's tensor names and shapes alone: the host-memory check runs before any weight is read."""
+    elem = torch.empty((), dtype=dtype).element_size()
+    total = 0
+    for raw_key, _, shape in tensors:
+        if _is_quantized_expert(raw_key):
+            raise CheckpointError(f"{name} has quantized experts ({raw_key}, ...); moelab reads bf16/fp16/fp32 "
+                                  "experts only")
+        key = adapter.rename(raw_key)
+        m = _LAYER.search(key)
+        if (m and int(m.group(1)) >= num_layers) or adapter.expert_key(key) is None:
+            continue
+        numel = 1
+        for s in shape:
+            numel *= s
+        total += numel * elem
+    return total
+
+
 def load_checkpoint(model: nn.Module, adapter: MoeAdapter, store: ExpertStore, path: Path) -> None:
     """Load non-expert weights into `model` (already on its device) and experts into `store`."""
     index = index_checkpoint(path)
@@ -116,7 +153,7 @@ def load_checkpoint(model: nn.Module, adapter: MoeAdapter, store: ExpertStore, p
     buffers = dict(model.named_buffers())
     loaded: set[str] = set()
     filled: set[tuple[int, int, str, int | None]] = set()
-    quantized = [k for k in index if k.endswith(("_blocks", "_scales")) and ".experts." in k]
+    quantized = [k for k in index if _is_quantized_expert(k)]
     if quantized:
         raise CheckpointError(
             f"{path} has quantized experts ({quantized[0]}, ...); moelab loads bf16/fp16/fp32 experts only"

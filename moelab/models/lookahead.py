@@ -2,7 +2,7 @@
 
 Speculating Experts' quasi-hidden state: layer l+d's true MoE input does not exist yet while layer
 l runs, so a tensor available now stands in for it and goes through layer l+d's own pre-MoE norm
-and router. `LookaheadSpec.state` picks the tensor (the paper digest leaves the exact one open, so
+and router. `LookaheadSpec.state` picks the tensor (the paper does not say exactly which one, so
 all three are here and `prediction_topk_recall` measures them):
 
 - `post_attn` (default): layer l's residual stream after its attention, the input of layer l's
@@ -63,6 +63,10 @@ class RouterScorer:
     def __call__(self, target: int, state: torch.Tensor, k: int) -> torch.Tensor:
         return router_ranking(self.routers[target], self.norms[target](state), k)
 
+    def logits(self, target: int, state: torch.Tensor) -> torch.Tensor:
+        """Layer `target`'s router logits [T, E] for the stand-in state [T, H]."""
+        return self.routers[target](self.norms[target](state))[0].float().reshape(state.shape[0], -1)
+
 
 class Lookahead:
     """Hooks that compute a predictor's view of layer l+d while layer l runs and hand it to the executor.
@@ -79,6 +83,7 @@ class Lookahead:
         scorer: Scorer | None = None,
         replay: Any = None,
         keep_router_logits: bool = False,
+        predicted_logits: bool = False,
         default_decay: float | None = None,
     ):
         spec = spec or LookaheadSpec(distance=len(om.spec.moe_layers))  # router logits only, no prediction
@@ -95,6 +100,7 @@ class Lookahead:
         self.scorer = scorer or RouterScorer(om)
         self.replay = replay
         self.keep_router_logits = keep_router_logits
+        self.predicted_logits = predicted_logits
         self.default_decay = spec.default_decay if default_decay is None else default_decay
         self.defaults: dict[int, torch.Tensor] = {}
         # default_vectors: layer -> [experts, hidden] float32, and which experts have an estimate
@@ -145,23 +151,26 @@ class Lookahead:
             self.executor.output_taps.remove(self._track_expert_outputs)
 
     # ---------------------------------------------------------------- hooks
-    def _rank(self, source: int, target: int, state: torch.Tensor) -> torch.Tensor:
+    def _rank(self, source: int, target: int, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Ranked experts [T, k] for `target`, and its predicted router logits [T, E] when they are wanted."""
         if self.replay is not None:
-            return self.replay.predicted(source, int(self.spec.distance), self.k, state.device)
-        h = state.reshape(-1, state.shape[-1])
+            return self.replay.predicted(source, int(self.spec.distance), self.k, state.device), None
+        h = state.reshape(-1, state.shape[-1])  # [T, H]
         if self.spec.state == "post_attn_default" and source in self.defaults:
             h = h + self.defaults[source].to(h.dtype)
         self._predicting = True
         try:
             with torch.no_grad():
-                return self.scorer(target, h, self.k)
+                ranked = self.scorer(target, h, self.k)  # [T, k]
+                logits = self.scorer.logits(target, h) if self.predicted_logits else None  # [T, E]
+                return ranked, logits
         finally:
             self._predicting = False
 
     def _before_experts(self, source: int, target: int):
         def hook(module, args):
             if not self._predicting:  # scoring calls later layers' norms: those calls are not the model's
-                self.executor.stage_prediction(source, target, self._rank(source, target, args[0]))
+                self.executor.stage_prediction(source, target, *self._rank(source, target, args[0]))
         return hook
 
     def _after_layer(self, source: int, target: int):
@@ -169,7 +178,7 @@ class Lookahead:
             if self._predicting:
                 return
             h = output[0] if isinstance(output, tuple) else output
-            self.executor.predict_now(source, target, self._rank(source, target, h))
+            self.executor.predict_now(source, target, *self._rank(source, target, h))
         return hook
 
     def _keep_state(self, layer: int):
@@ -190,7 +199,7 @@ class Lookahead:
                 weights, idx = output[1].detach(), output[2]
                 dv = (weights.float().reshape(*idx.shape, 1) * table[idx.reshape(idx.shape[0], -1)]).sum(1)
                 h = h + dv.to(h.dtype)
-            self.executor.stage_prediction(source, target, self._rank(source, target, h))
+            self.executor.stage_prediction(source, target, *self._rank(source, target, h))
         return hook
 
     def _track_expert_outputs(self, layer: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from moelab.models.hub import has_tokenizer
+
 
 class ByteTokenizer:
     """UTF-8 bytes shifted past a few special ids, folded into the vocabulary.
@@ -43,7 +45,7 @@ class HfTokenizer:
 
 
 def load_tokenizer(path: Path | None, config: Any) -> ByteTokenizer | HfTokenizer:
-    if path is not None and any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+    if path is not None and has_tokenizer(path):
         from transformers import AutoTokenizer
 
         return HfTokenizer(AutoTokenizer.from_pretrained(str(path)))

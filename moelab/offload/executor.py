@@ -1,17 +1,34 @@
-"""OffloadExecutor: runs every MoE layer's experts out of the GPU expert cache.
+"""OffloadExecutor: the mechanism that runs every MoE layer's experts out of device slots.
 
-For one layer call: read the router's choice (the one host sync per layer, which also reads
-any prediction staged for later layers), score the policy's earlier prediction for this layer,
-optionally swap the router's choice for the predicted experts (speculative execution), tell
-the prefetch policy, ask the balancer where each needed expert runs, give missing GPU experts
-a slot (the cache policy picks victims) and fetch them, then queue the prefetches and compute:
-experts already resident first, so their work hides the fetches of the others. Tokens are grouped by
-expert exactly as transformers' grouped path does, and per-(token, k) outputs are summed in
-the same order, so the result does not depend on which experts were resident.
+It holds the expert store (host), the slot pool (device), the transfer engine, the CPU worker, the expert
+kernels and the timeline; the decisions are the policies' (moelab.policies) and the `execution.*` rules
+(moelab.core.types.Execution); the measurements are the observers' (moelab.observers). One layer call:
+
+    router top_k_index [T, K] (+ speculative candidates, staged predictions)
+      |  HostRead.read()            the layer's one device->host sync
+      v
+    speculative execution?          execution.speculative: none | router | predicted
+      v
+    observers.on_layer(LayerCall)   recall, signals, spec-exec changes (measure only)
+    prefetch.on_routing / on_prediction -> PrefetchRequests
+    balancer.assign                 expert -> GPU | CPU
+      v
+    CPU worker.submit(cpu experts)  runs alongside everything below
+    demand fetch (missing experts)  victims: execution.eviction rule + cache policy
+    transfers.pump(prefetches)      queued behind this layer's demand copies
+      v
+    compute groups                  execution.compute_order: resident first (hides the fetches) | router
+      |  slot_segments              execution.max_slot_gap: nearby slots share one grouped kernel call
+      v
+    LayerBatch.combine()            per-(token, k) outputs summed in k order -> [T, H]
+
+Tokens are grouped by expert exactly as transformers' grouped path does and summed in the same order, so the
+result does not depend on which experts were resident (bitwise equal to the plain model on the CPU).
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,21 +39,25 @@ import torch
 
 from moelab.core.types import (
     CacheView,
+    Execution,
     ExpertKey,
+    LayerCall,
     ModelSpec,
     Placement,
     Prediction,
     PrefetchRequest,
     RoutingEvent,
 )
-from moelab.offload.cache import GpuExpertCache, Slot
+from moelab.observers.base import Observers
 from moelab.offload.clock import clock_for
 from moelab.offload.cpu_worker import CpuExpertWorker
 from moelab.offload.kernels import ExpertKernel
+from moelab.offload.slots import Slot, SlotPool
 from moelab.offload.store import ExpertStore
 from moelab.offload.timeline import Timeline, TimelineRecorder
 from moelab.offload.transfer import TransferEngine
 from moelab.policies.base import Balancer, CachePolicy, PrefetchPolicy
+from moelab.policies.eviction import eviction_rule
 
 
 @dataclass
@@ -56,16 +77,8 @@ class ExecutorCounters:
     prefetched_used: int = 0
     cpu_uses: int = 0
     evictions: int = 0
-    routing: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)  # (step, layer, experts)
-    # decode-phase prediction scores per layer: [experts predicted and used, experts used, experts predicted,
-    # layer calls with a prediction]; the router's true choice counts, also under speculative execution
-    recall: dict[int, list[int]] = field(default_factory=dict)
-    # verification passes: (step, layer, experts of the pass's first token, tokens per expert over the pass):
-    # the binary signal an autoregressive step would see vs the speculative frequency map (MoE-SpAc)
-    signals: list[tuple[int, int, tuple[int, ...], dict[int, int]]] = field(default_factory=list)
-    decode_layer_calls: int = 0
-    spec_pairs: int = 0  # (token, k) pairs run under speculative execution ...
-    spec_changed: int = 0  # ... of which the executed expert is not the router's choice
+    # what ran: (step, layer, experts executed) per layer call; also the future routing of an in-sample profile
+    routing: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)
 
 
 class OffloadExecutor:
@@ -81,20 +94,26 @@ class OffloadExecutor:
         balancer: Balancer,
         max_prefetch_per_layer: int | None = None,
         cpu_dtype: torch.dtype | None = None,
+        execution: Execution | None = None,
+        observers: Observers | None = None,
+        debug: bool = False,
     ):
+        # debug mode (or MOELAB_DEBUG=1): assert that no slot is given to another expert while a layer still
+        # needs it (see SlotGuard); off by default, it costs a set operation per expert
+        self.slot_guard = SlotGuard() if debug or os.environ.get("MOELAB_DEBUG") == "1" else None
         self.store = store
         self.kernels = kernels
         self.spec = spec
         self.device = device
         self.clock = clock_for(device)
-        self.cache = GpuExpertCache(store.layout, capacity, device)
+        self.pool = SlotPool(store.layout, capacity, device)
         self.prefetch = prefetch
         self.cache_policy = cache_policy
         self.balancer = balancer
         self.max_prefetch_per_layer = max_prefetch_per_layer
-        # A grouped GEMM pays ~1 us per group, empty or not, and a launch for each call: slots
-        # of one layer closer than this many empty slots share a call.
-        self.max_slot_gap = 8
+        self.execution = execution or Execution()
+        self.eviction = eviction_rule(self.execution.eviction)
+        self.observers = observers if observers is not None else Observers()
         self.cpu_worker = CpuExpertWorker(store, kernels, dtype=cpu_dtype)  # for balancers using the CPU
         # Filled by moelab.models.lookahead: the routers' full logits (for speculative execution), and the
         # predictions computed while a layer runs, read by that layer's one sync.
@@ -103,7 +122,7 @@ class OffloadExecutor:
         # [T*K, H]): estimators of the experts' outputs (moelab.models.lookahead's default vectors) read them.
         self.output_taps: list[Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]] = []
         self.recorder = TimelineRecorder(self.clock, self._compute_stream())
-        self.transfers = TransferEngine(store, self.cache, self.recorder, device)
+        self.transfers = TransferEngine(store, self.pool, self.recorder, device)
         self.reset()
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,23 +130,27 @@ class OffloadExecutor:
         return torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
 
     def reset(self) -> None:
-        """Empty the cache, forget policy state and measurements (between runs that share the model)."""
+        """Empty the slots, forget policy state and measurements (between passes that share the model)."""
         self.clock.synchronize()
-        self.cache.clear()
+        self.pool.clear()
         self.prefetch.reset(self.spec)
-        self.cache_policy.reset(self.spec, self.cache.capacity)
+        self.cache_policy.reset(self.spec, self.pool.capacity)
         self.balancer.reset(self.spec)
         self.recorder = TimelineRecorder(self.clock, self._compute_stream())
         self.transfers.reset(self.recorder)
         self.counters = ExecutorCounters()
+        self.observers.reset(self.spec)
         self.cpu_worker.reset()
         self._step: StepInfo | None = None
         self._step_no = -1
         self._staged: dict[int, list[tuple[int, torch.Tensor]]] = {}  # source layer -> (target, ranked [T, k'])
         self._requested: dict[int, dict[int, float]] = {}  # layer -> expert -> priority, since the layer last ran
         self._candidates: dict[int, list[list[int]]] = {}  # layer -> per-token predicted experts
+        self._predicted_logits: dict[int, torch.Tensor] = {}  # layer -> predicted router logits [T, E]
         self._plan: dict[ExpertKey, float] = {}  # the policy's latest requests (resident ones too) by priority
         self.router_logits = {}
+        if self.slot_guard is not None:
+            self.slot_guard.in_use.clear()
 
     def preload(self, keys: Sequence[ExpertKey]) -> None:
         """Make `keys` resident before a pass, through the demand path's copy and cache bookkeeping, and wait.
@@ -136,15 +159,16 @@ class OffloadExecutor:
         cost, so they go to a throwaway timeline and the transfer counts are restored; the row's bytes, copies and
         copy times are the timed pass's alone. Uses free slots only (call it after `reset`).
         """
-        keys = [k for k in dict.fromkeys(keys) if self.cache.lookup(k) is None]
+        keys = [k for k in dict.fromkeys(keys) if self.pool.lookup(k) is None]
         if not keys:
             return
-        free = sum(s.key is None for s in self.cache.slots)
+        free = sum(s.key is None for s in self.pool.slots)
         if len(keys) > free:
             raise ValueError(f"preload of {len(keys)} experts needs free slots, {free} of {self.capacity} are free")
         recorder, nbytes, count = self.transfers.recorder, dict(self.transfers.bytes), dict(self.transfers.count)
         self.transfers.recorder = TimelineRecorder(self.clock, self._compute_stream())
-        slots, pinned = [], set()
+        slots: list[Slot] = []
+        pinned: set[ExpertKey] = set()
         try:
             for key in keys:  # free slots suffice (checked above): the demand path evicts nothing
                 slot = self._fetch(key, pinned)
@@ -158,10 +182,10 @@ class OffloadExecutor:
 
     @property
     def capacity(self) -> int:
-        return self.cache.capacity
+        return self.pool.capacity
 
     def view(self) -> CacheView:
-        return self.cache.view(self.clock.done)
+        return self.pool.view(self.clock.done)
 
     def begin_step(self, phase: str, num_tokens: int) -> int:
         """Open a forward step (prefill, decode or verification); returns its number."""
@@ -181,43 +205,29 @@ class OffloadExecutor:
     def finish(self) -> Timeline:
         """Wait for the device and resolve every mark; prefetched experts never used count as wasted."""
         tl = self.recorder.resolve(final=True)
-        for slot in self.cache.slots:
+        for slot in self.pool.slots:
             if slot.key is not None and slot.prefetched and not slot.used:
                 self.counters.wasted_bytes += self.store.expert_bytes
         return tl
 
     # ------------------------------------------------------------------ slots
     def _allocate(self, key: ExpertKey, pinned: set[ExpertKey], below: float | None = None) -> Slot | None:
-        """A slot for `key`: a free one, else a victim among unpinned residents.
-
-        The policy's latest plan (its last prefetch requests) ranks victims in one space with its prefetches:
-        experts it does not want go first (the cache policy picks among them); then the one it wants least.
-        A prefetch of priority `below` only evicts the least wanted resident, and only if that one is wanted
-        less than itself and not in use now; else it waits (an early prefetch must not cost an extra copy
-        later: with the oracle's plan this is Belady's rule with prefetching).
-        """
-        slot = self.cache.free_slot()
+        """A slot for `key`: a free one, else the victim the eviction rule names (moelab.policies.eviction);
+        `below` is a prefetch's priority (None on demand). None: no slot now."""
+        slot = self.pool.free_slot()
         if slot is None:
-            plan = self._plan
-            victim = self.cache_policy.victim_where(lambda k: k not in plan and k not in pinned, self.cache.table)
-            if victim is None and below is not None:  # a prefetch evicts only the least wanted resident
-                if any(k not in plan for k in self.cache.table):  # unwanted ones exist but are in use: wait
-                    return None
-                least = min(self.cache.table, key=plan.__getitem__)
-                if least in pinned or plan[least] >= below:
-                    return None
-                victim = least
+            victim = self.eviction.victim(resident=self.pool.table, pinned=pinned, plan=self._plan,
+                                          policy=self.cache_policy, below=below)
             if victim is None:
-                warm = [k for k in self.cache.table if k not in pinned]
-                if not warm:
-                    return None
-                victim = min(warm, key=self._plan.__getitem__)
-            slot = self.cache.lookup(victim)
+                return None
+            slot = self.pool.lookup(victim)
             assert slot is not None
+            if self.slot_guard is not None:
+                self.slot_guard.check(slot.index, key)
             if slot.prefetched and not slot.used:
                 self.counters.wasted_bytes += self.store.expert_bytes
                 self.counters.prefetched_unused_evicted += 1
-            self.cache.unbind(slot)
+            self.pool.unbind(slot)
             self.cache_policy.on_evict(victim)
             self.counters.evictions += 1
         return slot
@@ -228,7 +238,7 @@ class OffloadExecutor:
             return None
         self.transfers.drop(key)
         ready = self.transfers.copy_in(key, slot, "demand", self._step_no)
-        self.cache.bind(slot, key, ready, prefetched=False)
+        self.pool.bind(slot, key, ready, prefetched=False)
         self.cache_policy.on_insert(key)
         pinned.add(key)
         return slot
@@ -236,6 +246,7 @@ class OffloadExecutor:
     def _prefetch(self, requests: Sequence[PrefetchRequest], pinned: set[ExpertKey]) -> None:
         if requests:
             self.transfers.submit(requests)
+            self.observers.on_requests(self._step_no, requests)
             self._plan = {}  # the latest plan replaces the last
             for r in requests:
                 self._plan[r.key] = max(r.priority, self._plan.get(r.key, r.priority))
@@ -254,15 +265,22 @@ class OffloadExecutor:
         self.transfers.pump(allocate, self._step_no, self.max_prefetch_per_layer)
 
     # ------------------------------------------------------------------ predictions
-    def stage_prediction(self, source: int, target: int, ranked: torch.Tensor) -> None:
+    def stage_prediction(self, source: int, target: int, ranked: torch.Tensor,
+                         logits: torch.Tensor | None = None) -> None:
         """A prediction [T, k'] for layer `target`, computed on the device before layer `source`'s experts run;
-        it is read by `source`'s own sync, so predicting costs no extra host round trip."""
+        it is read by `source`'s own sync, so predicting costs no extra host round trip. `logits` [T, E]: the
+        predicted router logits, for `execution.speculative=predicted` (they stay on the device)."""
         self._staged.setdefault(source, []).append((target, ranked))
+        if logits is not None:
+            self._predicted_logits[target] = logits
 
-    def predict_now(self, source: int, target: int, ranked: torch.Tensor) -> None:
+    def predict_now(self, source: int, target: int, ranked: torch.Tensor,
+                    logits: torch.Tensor | None = None) -> None:
         """A prediction made after `source`'s experts ran (it waits for the device) and acted on at once."""
         if self._step is None:
             return
+        if logits is not None:
+            self._predicted_logits[target] = logits
         rows = ranked.tolist()
         self._prefetch(self._dispatch([(target, rows)], source), pinned=set())
 
@@ -272,23 +290,11 @@ class OffloadExecutor:
         requests: list[PrefetchRequest] = []
         view = self.view()
         for target, rows in predictions:
-            if self.prefetch.speculative_execution:
+            if self.execution.speculates:
                 self._candidates[target] = rows
             pred = Prediction(info.step, source, target, info.phase, tuple(tuple(r) for r in rows))
             requests.extend(self.prefetch.on_prediction(pred, view))
         return requests
-
-    def _score(self, layer: int, phase: str, true_experts: set[int]) -> None:
-        """Compare what the policy asked for, for this layer, with what the router chose."""
-        wanted = self._requested.pop(layer, None)
-        after_prefill = phase in ("decode", "verify")
-        self.counters.decode_layer_calls += after_prefill
-        if wanted is not None and after_prefill:
-            acc = self.counters.recall.setdefault(layer, [0, 0, 0, 0])
-            acc[0] += len(true_experts & wanted.keys())
-            acc[1] += len(true_experts)
-            acc[2] += len(wanted)
-            acc[3] += 1
 
     def _speculate(
         self, layer: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, wanted: dict[int, float] | None
@@ -303,6 +309,8 @@ class OffloadExecutor:
         replay) the first top_k candidates run with the router's weights.
         """
         rows = self._candidates.pop(layer, None)
+        if self.execution.speculative == "predicted":
+            return self._run_predicted(rows, self._predicted_logits.pop(layer, None), top_k_index, top_k_weights)
         if rows is None and wanted:
             shared = sorted(wanted, key=lambda e: -wanted[e])
             rows = [shared] * top_k_index.shape[0]
@@ -327,6 +335,21 @@ class OffloadExecutor:
         w = torch.softmax(key.gather(1, pick), dim=1) * top_k_weights.float().sum(dim=1, keepdim=True)
         return idx, w.to(top_k_weights.dtype)
 
+    @staticmethod
+    def _run_predicted(
+        rows: list[list[int]] | None, logits: torch.Tensor | None, top_k_index: torch.Tensor,
+        top_k_weights: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`execution.speculative=predicted`: each token runs its predicted top_k with the softmax of the predicted
+        router logits over them (as Speculating Experts' released code does); the true router is not used. A
+        layer without a prediction (the first `distance` MoE layers of a step) runs the router's choice."""
+        k = top_k_index.shape[1]
+        if rows is None or logits is None or len(rows) != top_k_index.shape[0] or min(map(len, rows)) < k:
+            return None
+        idx = torch.tensor([r[:k] for r in rows], dtype=top_k_index.dtype, device=top_k_index.device)  # [T, K]
+        w = torch.softmax(logits.float().reshape(idx.shape[0], -1).gather(1, idx), dim=1)  # [T, K]
+        return idx, w.to(top_k_weights.dtype)
+
     # ------------------------------------------------------------------ the MoE layer
     def run_layer(
         self, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
@@ -340,41 +363,26 @@ class OffloadExecutor:
                 self.end_step()
         info = self._step
         rec = self.recorder
-        wanted = self._requested.get(layer)
+        wanted = self._requested.pop(layer, None)
         speculated = self._speculate(layer, top_k_index, top_k_weights, wanted) \
-            if self.prefetch.speculative_execution else None
+            if self.execution.speculates else None
         staged = self._staged.pop(layer, [])
-        parts = [top_k_index.reshape(-1)]
+        read = HostRead(top_k_index)  # the router's choice [T, K]
         if speculated is not None:
-            parts.append(speculated[0].reshape(-1))
-        parts += [t.reshape(-1).to(top_k_index.dtype) for _, t in staged]
+            read.add(speculated[0])  # what runs instead of it [T, K]
+        for _, ranked in staged:
+            read.add(ranked)  # predictions for later layers [T, k']
         before_sync = rec.mark()
-        # the one host sync per layer: the router's choice, what runs instead of it, the staged predictions
-        values = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()
+        true_choice, *rest = read.read()  # the layer's one host sync
         rec.gap(before_sync, rec.mark())
-        n = top_k_index.numel()
-        true_choice, pos = values[:n], n
-        self._score(layer, info.phase, set(true_choice))
         chosen = true_choice
         if speculated is not None:
-            chosen, pos = values[pos : pos + n], pos + n
+            chosen, *rest = rest
             top_k_index, top_k_weights = speculated
-            self.counters.spec_pairs += n
-            k = top_k_index.shape[1]
-            self.counters.spec_changed += sum(
-                e not in true_choice[t - t % k : t - t % k + k] for t, e in enumerate(chosen)
-            )
-        predictions = []
-        for target, ranked in staged:
-            width = ranked.shape[-1]
-            flat = values[pos : pos + ranked.numel()]
-            pos += ranked.numel()
-            predictions.append((target, [flat[i : i + width] for i in range(0, len(flat), width)]))
+        predictions = [(target, HostRead.rows(flat, ranked.shape[-1])) for (target, ranked), flat in zip(staged, rest)]
+        self.observers.on_layer(LayerCall(info.step, layer, info.phase, top_k_index.shape[1], tuple(true_choice),
+                                          tuple(chosen), speculated is not None))
         counts = Counter(chosen)
-        if info.phase == "verify":
-            k = top_k_index.shape[1]
-            self.counters.signals.append((info.step, layer, tuple(sorted(set(true_choice[:k]))),
-                                          dict(Counter(true_choice))))
         experts = sorted(counts)
         ncounts = [counts[e] for e in experts]
         self.counters.routing.append((info.step, layer, tuple(experts)))
@@ -408,11 +416,11 @@ class OffloadExecutor:
 
     def _compute(self, layer: int, group: list[int], batch: LayerBatch) -> None:
         """Grouped expert computation for `group` (all resident): one call per run of nearby slots."""
-        slot_of = {e: self.cache.table[ExpertKey(layer, e)] for e in group}
+        slot_of = {e: self.pool.table[ExpertKey(layer, e)] for e in group}
         order = sorted(group, key=slot_of.__getitem__)
         dev = batch.hidden.device
         kernel = self.kernels[layer]
-        for seg in slot_segments([slot_of[e] for e in order], self.max_slot_gap):
+        for seg in slot_segments([slot_of[e] for e in order], self.execution.max_slot_gap):
             lo, hi = seg[0], seg[-1]
             counts = [0] * (hi - lo + 1)
             rows: list[int] = []
@@ -426,10 +434,10 @@ class OffloadExecutor:
             # one host-to-device copy for all the index data of the segment
             packed = torch.tensor([*rows, *accumulate(counts), *(row_slots if kernel.has_bias else ())], device=dev)
             n = len(rows)
-            idx, offs = packed[:n], packed[n : n + len(counts)].to(torch.int32)
+            idx, offs = packed[:n], packed[n : n + len(counts)].to(torch.int32)  # [n] rows, [S] group ends
             slots_t = packed[n + len(counts) :] if kernel.has_bias else None
-            pools = {name: pool[lo : hi + 1] for name, pool in self.cache.pools.items()}
-            y = kernel(batch.routed[idx], pools, offs, slots_t, counts)
+            pools = {name: pool[lo : hi + 1] for name, pool in self.pool.pools.items()}
+            y = kernel(batch.routed[idx], pools, offs, slots_t, counts)  # [n, H]
             batch.rows[batch.perm[idx]] = y * batch.routed_w[idx].unsqueeze(-1)
 
     def _run_gpu_experts(
@@ -443,37 +451,46 @@ class OffloadExecutor:
         missing: list[int] = []
         kinds: dict[int, str] = {}
         for e in experts:
-            slot = self.cache.lookup(ExpertKey(layer, e))
+            slot = self.pool.lookup(ExpertKey(layer, e))
             if slot is None:
                 missing.append(e)
                 continue
-            pinned.add(slot.key)
+            pinned.add(ExpertKey(layer, e))
             if slot.ready is not None and self.clock.done(slot.ready):
                 slot.ready = None
             kinds[e] = "resident" if slot.ready is None else "inflight"
             present.append(e)
 
         fetched: list[int] = []
+        guard = self.slot_guard
+        if guard is not None:
+            guard.claim(layer, present, self.pool.table)
 
         def fetch_more() -> None:
             while missing and self._fetch(ExpertKey(layer, missing[0]), pinned) is not None:
                 kinds[missing[0]] = "demand"
                 fetched.append(missing.pop(0))
+                if guard is not None:
+                    guard.claim(layer, fetched[-1:], self.pool.table)
 
         fetch_more()
         self._prefetch(requests, pinned)  # queued behind this layer's demand copies
         group = present
+        if self.execution.compute_order == "router":  # no overlap inside the layer: one group once all are here
+            group, fetched = sorted(present + fetched), []
         while True:
             if group:
                 self._use_group(layer, group, kinds, batch)
                 for e in group:
                     pinned.discard(ExpertKey(layer, e))
+                if guard is not None:
+                    guard.release(layer, group, self.pool.table)
             fetch_more()
             group, fetched = fetched, []
             if not group:
                 break
         if missing:
-            raise RuntimeError(f"layer {layer}: no slot for experts {missing} (capacity {self.cache.capacity})")
+            raise RuntimeError(f"layer {layer}: no slot for experts {missing} (capacity {self.pool.capacity})")
 
     def _use_group(self, layer: int, group: list[int], kinds: dict[int, str], batch: LayerBatch) -> None:
         """Wait for the group's copies on the compute stream, compute it, record uses and last use."""
@@ -481,7 +498,7 @@ class OffloadExecutor:
         assert info is not None
         rec = self.recorder
         stream = self._compute_stream()
-        slots = [self.cache.lookup(ExpertKey(layer, e)) for e in group]
+        slots = [self.pool.slot_of(ExpertKey(layer, e)) for e in group]
         pending = [s for s in slots if s.ready is not None]
         wait_start = None
         if pending:
@@ -495,11 +512,61 @@ class OffloadExecutor:
             rec.use(info.step, s.key, kinds[e], first_prefetched, wait_start if s.ready is not None else None, s.ready)
             s.used = True
             self.counters.prefetched_used += first_prefetched
-            self.cache_policy.on_access(s.key)
+            self.cache_policy.on_access(ExpertKey(layer, e))
         self._compute(layer, group, batch)
         last = rec.mark() if stream is not None else None
         for s in slots:
             s.last_use = last
+
+
+class HostRead:
+    """The one device-to-host read of a layer call: every integer tensor the host needs to plan the layer is
+    gathered here and read with a single `.tolist()`, so a layer costs one sync however many parts it has."""
+
+    def __init__(self, first: torch.Tensor):
+        self._parts: list[torch.Tensor] = []
+        self._dtype = first.dtype
+        self.add(first)
+
+    def add(self, t: torch.Tensor) -> None:
+        self._parts.append(t.reshape(-1).to(self._dtype))  # [n_i]
+
+    def read(self) -> list[list[int]]:
+        """The parts' values, flat, in the order added (one sync)."""
+        flat = (torch.cat(self._parts) if len(self._parts) > 1 else self._parts[0]).tolist()  # [sum n_i]
+        out, pos = [], 0
+        for p in self._parts:
+            out.append(flat[pos : pos + p.numel()])
+            pos += p.numel()
+        return out
+
+    @staticmethod
+    def rows(flat: list[int], width: int) -> list[list[int]]:
+        """A flat [T * width] read back as T rows."""
+        return [flat[i : i + width] for i in range(0, len(flat), width)]
+
+
+class SlotGuard:
+    """Debug mode's bookkeeping, kept apart from the pinning it checks: the slots a layer call has found or
+    fetched its experts in and not yet computed from. Giving one of them to another expert (an eviction by a
+    demand fetch or a prefetch) would overwrite weights that are about to be read."""
+
+    def __init__(self) -> None:
+        self.in_use: dict[int, ExpertKey] = {}  # slot -> the expert a layer still needs from it
+
+    def claim(self, layer: int, experts: Sequence[int], table: dict[ExpertKey, int]) -> None:
+        for e in experts:
+            key = ExpertKey(layer, e)
+            self.in_use[table[key]] = key
+
+    def release(self, layer: int, experts: Sequence[int], table: dict[ExpertKey, int]) -> None:
+        for e in experts:
+            self.in_use.pop(table[ExpertKey(layer, e)], None)
+
+    def check(self, slot: int, incoming: ExpertKey) -> None:
+        if slot in self.in_use:
+            raise AssertionError(f"slot {slot} would be overwritten with {incoming} while {self.in_use[slot]} "
+                                 "is still to be computed from it")
 
 
 def slot_segments(slots: Sequence[int], max_gap: int) -> list[list[int]]:
@@ -519,16 +586,17 @@ class LayerBatch:
     def __init__(self, hidden, top_k_index, top_k_weights, experts, counts, out_dtype):
         self.hidden = hidden
         self.num_tokens, self.top_k = top_k_index.shape
-        _, self.perm = torch.sort(top_k_index.reshape(-1))
-        self.routed = hidden[self.perm // self.top_k]
-        self.routed_w = top_k_weights.reshape(-1)[self.perm]
+        _, self.perm = torch.sort(top_k_index.reshape(-1))  # [T*K] (token, k) pairs by expert
+        self.routed = hidden[self.perm // self.top_k]  # [T*K, H]
+        self.routed_w = top_k_weights.reshape(-1)[self.perm]  # [T*K]
         self.offsets: dict[int, tuple[int, int]] = {}
         start = 0
         for e, c in zip(experts, counts):
             self.offsets[e] = (start, start + c)
             start += c
+        # [T*K, H] expert output x weight per (token, k) pair, in (token, k) order
         self.rows = torch.empty(self.num_tokens * self.top_k, hidden.shape[-1], dtype=out_dtype, device=hidden.device)
 
     def combine(self) -> torch.Tensor:
         """Sum over each token's k experts, in k order (independent of which experts ran first)."""
-        return self.rows.view(self.num_tokens, self.top_k, -1).sum(dim=1).to(self.hidden.dtype)
+        return self.rows.view(self.num_tokens, self.top_k, -1).sum(dim=1).to(self.hidden.dtype)  # [T, H]

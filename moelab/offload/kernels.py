@@ -14,7 +14,7 @@ import torch
 try:  # the helper transformers' grouped experts path is built on (same in 5.17 .. 5.23)
     from transformers.integrations.moe import _grouped_linear
 except ImportError:  # pragma: no cover - only on transformers versions that moved it
-    _grouped_linear = None
+    _grouped_linear = None  # type: ignore[assignment]
 
 
 def _per_group_linear(
@@ -70,6 +70,6 @@ class ExpertKernel:
         """
         up_bias = pools[f"{self.up_name}_bias"][row_slots] if self.has_bias else None
         h = self._linear(x, pools[self.up_name], offs, counts, up_bias, out_dtype)
-        h = self.module._apply_gate(h) if self.has_gate else self.module.act_fn(h)
+        h = self.module._apply_gate(h) if self.has_gate else self.module.act_fn(h)  # type: ignore[operator]
         down_bias = pools["down_proj_bias"][row_slots] if self.has_bias else None
         return self._linear(h, pools["down_proj"], offs, counts, down_bias, out_dtype)

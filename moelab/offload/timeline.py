@@ -213,15 +213,14 @@ class TimelineRecorder:
                 continue
             start, end = (self._t(m) for m in marks) if marks else (None, None)
             if kind == "use":
-                tl.uses.append(UseEvent(*data, start, end))
+                tl.uses.append(UseEvent(*data, start, end))  # type: ignore[call-arg]  # data: the fields before the times
             elif kind == "copy":
-                tl.copies.append(CopyEvent(*data, start, end))
-            elif kind == "stall":
-                tl.stalls.append((start, end))
-            elif kind == "gap":
-                tl.gaps.append((start, end))
+                tl.copies.append(CopyEvent(*data, start, end))  # type: ignore[call-arg]
+            elif kind in ("stall", "gap"):
+                assert start is not None and end is not None  # intervals always have both marks
+                (tl.stalls if kind == "stall" else tl.gaps).append((start, end))
             else:
-                tl.steps.append(StepWindow(*data, start, end))
+                tl.steps.append(StepWindow(*data, start, end))  # type: ignore[call-arg]
         self._pending = keep
         self.timeline.steps.sort(key=lambda w: w.start)
         return self.timeline

@@ -13,15 +13,15 @@ from typing import Any
 import torch
 
 from moelab.core.types import ExpertKey, PrefetchRequest
-from moelab.offload.cache import GpuExpertCache, Slot
+from moelab.offload.slots import Slot, SlotPool
 from moelab.offload.store import ExpertStore
 from moelab.offload.timeline import TimelineRecorder
 
 
 class TransferEngine:
-    def __init__(self, store: ExpertStore, cache: GpuExpertCache, recorder: TimelineRecorder, device: torch.device):
+    def __init__(self, store: ExpertStore, pool: SlotPool, recorder: TimelineRecorder, device: torch.device):
         self.store = store
-        self.cache = cache
+        self.pool = pool
         self.recorder = recorder
         self.device = device
         # Prefetches and demand fetches go on separate copy streams: an issued prefetch cannot be recalled, and
@@ -41,7 +41,7 @@ class TransferEngine:
     def copy_in(self, key: ExpertKey, slot: Slot, cause: str, step: int) -> Any:
         """Copy `key` from the store into `slot`; returns the mark that completes with the copy."""
         src = self.store.expert(key.layer, key.expert)
-        dst = self.cache.tensors(slot)
+        dst = self.pool.tensors(slot)
         rec = self.recorder
         if self.copy_stream is None:
             start = rec.mark()
@@ -52,6 +52,7 @@ class TransferEngine:
             (rec.stall if cause == "demand" else rec.gap)(start, end)
         else:
             stream = self.demand_stream if cause == "demand" else self.copy_stream
+            assert stream is not None  # created for CUDA devices
             with torch.cuda.stream(stream):
                 if slot.last_use is not None:
                     stream.wait_event(slot.last_use)  # never overwrite weights compute still reads
@@ -89,14 +90,14 @@ class TransferEngine:
             if max_issue is not None and issued >= max_issue:
                 remaining.extend(self.queue[i:])
                 break
-            if self.cache.lookup(req.key) is not None:
+            if self.pool.lookup(req.key) is not None:
                 continue
             slot = allocate(req.key, req.priority)
             if slot is None:
                 remaining.extend(self.queue[i:])
                 break
             ready = self.copy_in(req.key, slot, "prefetch", step)
-            self.cache.bind(slot, req.key, ready, prefetched=True)
+            self.pool.bind(slot, req.key, ready, prefetched=True)
             issued += 1
         self.queue = remaining
         return issued

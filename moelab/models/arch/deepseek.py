@@ -27,7 +27,7 @@ class _DeepseekAdapter(MoeAdapter):
         return {**base, **cfg}
 
 
-@register("model", "deepseek_v2")
+@register("arch", "deepseek_v2")
 class DeepseekV2Adapter(_DeepseekAdapter):
     model_type = "deepseek_v2"
 
@@ -35,7 +35,7 @@ class DeepseekV2Adapter(_DeepseekAdapter):
         return self._tiny(**{"topk_method": "group_limited_greedy", **overrides})
 
 
-@register("model", "deepseek_v3")
+@register("arch", "deepseek_v3")
 class DeepseekV3Adapter(_DeepseekAdapter):
     model_type = "deepseek_v3"
 

@@ -6,7 +6,7 @@ from moelab.core.registry import register
 from moelab.models.adapter import MoeAdapter
 
 
-@register("model", "gpt_oss")
+@register("arch", "gpt_oss")
 class GptOssAdapter(MoeAdapter):
     model_type = "gpt_oss"
     legacy_parts = {}  # checkpoints store fused experts only

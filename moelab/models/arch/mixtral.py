@@ -8,7 +8,7 @@ from moelab.models.adapter import MoeAdapter
 _MIXTRAL_PARTS = {"w1": ("gate_up_proj", 0), "w3": ("gate_up_proj", 1), "w2": ("down_proj", None)}
 
 
-@register("model", "mixtral")
+@register("arch", "mixtral")
 class MixtralAdapter(MoeAdapter):
     model_type = "mixtral"
     legacy_parts = _MIXTRAL_PARTS

@@ -6,7 +6,7 @@ from moelab.core.registry import register
 from moelab.models.adapter import MoeAdapter
 
 
-@register("model", "olmoe")
+@register("arch", "olmoe")
 class OlmoeAdapter(MoeAdapter):
     model_type = "olmoe"
 

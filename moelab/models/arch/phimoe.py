@@ -7,7 +7,7 @@ from moelab.models.adapter import MoeAdapter
 from moelab.models.arch.mixtral import _MIXTRAL_PARTS
 
 
-@register("model", "phimoe")
+@register("arch", "phimoe")
 class PhimoeAdapter(MoeAdapter):
     model_type = "phimoe"
     legacy_parts = _MIXTRAL_PARTS

@@ -7,7 +7,7 @@ from moelab.core.registry import register
 from moelab.models.adapter import MoeAdapter
 
 
-@register("model", "qwen2_moe")
+@register("arch", "qwen2_moe")
 class Qwen2MoeAdapter(MoeAdapter):
     model_type = "qwen2_moe"
 

@@ -6,7 +6,7 @@ from moelab.core.registry import register
 from moelab.models.arch.qwen2_moe import Qwen2MoeAdapter
 
 
-@register("model", "qwen3_moe")
+@register("arch", "qwen3_moe")
 class Qwen3MoeAdapter(Qwen2MoeAdapter):
     model_type = "qwen3_moe"
 

@@ -63,7 +63,7 @@ class StaticCache(LruCache):
         header, df = read_trace(path)
         self._trace = {"path": str(path), "moe_layers": [int(x) for x in header.get("moe_layers", [])],
                        "num_experts": int(header.get("num_experts", -1))}
-        routing = [(int(step), int(layer), {int(e) for t in g.topk for e in t})
+        routing = [(int(step), int(layer), sorted({int(e) for t in g.topk for e in t}))
                    for (step, layer), g in df.groupby(["step", "layer"], sort=True)]
         self.uses = layer_call_uses(routing)
 

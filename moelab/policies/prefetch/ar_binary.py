@@ -17,14 +17,13 @@ class ArBinaryPrefetch(PrefetchPolicy):
     for every layer's top-`n` experts by score (n=None: as many as the layer used last step), earlier
     layers first since they are needed first."""
 
-    def __init__(self, decay: float = 0.0, n: int | None = None, speculative_execution: bool = False):
+    def __init__(self, decay: float = 0.0, n: int | None = None):
         if not 0.0 <= float(decay) < 1.0:
             raise ConfigError(f"prefetch.decay must be in [0, 1), got {decay}")
         if n is not None and int(n) < 1:
             raise ConfigError(f"prefetch.n must be >= 1 (or null), got {n}")
         self.decay = float(decay)
         self.n = None if n is None else int(n)
-        self.speculative_execution = bool(speculative_execution)
 
     def reset(self, spec: ModelSpec) -> None:
         super().reset(spec)

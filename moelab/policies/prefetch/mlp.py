@@ -20,15 +20,13 @@ class MlpPrefetch(QhsPrefetch):
         path: str | None = None,
         layers: list[int] | None = None,
         k: int | None = None,
-        speculative_execution: bool = False,
     ):
         if not path or path == "???":  # ??? is Hydra's mark of a value still to be given
             raise ConfigError("prefetch=mlp needs prefetch.path=DIR (saved by python -m moelab.train_predictor)")
         info = read_predictor_config(path)
         self.path = str(path)
         self.layers = None if layers is None else tuple(int(x) for x in layers)
-        super().__init__(distance=info["distance"], k=k, state=info["state"],
-                         speculative_execution=speculative_execution)
+        super().__init__(distance=info["distance"], k=k, state=info["state"])
 
     def _spec(self, distance: int, k: int | None, state: str) -> LookaheadSpec:
         return LookaheadSpec(distance=distance, k=k, state=state, scorer="mlp", mlp_path=self.path,

@@ -19,7 +19,7 @@ class QhsPrefetch(PrefetchPolicy):
     their copies overlap layer l's compute. Experts predicted by more tokens come first."""
 
     def __init__(
-        self, distance: int = 1, k: int | None = None, state: str = "post_attn", speculative_execution: bool = False,
+        self, distance: int = 1, k: int | None = None, state: str = "post_attn",
         default_decay: float = 0.9, defaults_file: str | None = None,
     ):
         if int(distance) < 1:
@@ -35,7 +35,6 @@ class QhsPrefetch(PrefetchPolicy):
                               f"existing file (save_default_vectors writes one); got state={state}")
         self.lookahead = replace(self._spec(int(distance), None if k is None else int(k), str(state)),
                                  default_decay=float(default_decay), defaults_path=defaults_file and str(defaults_file))
-        self.speculative_execution = bool(speculative_execution)
 
     def _spec(self, distance: int, k: int | None, state: str) -> LookaheadSpec:
         return LookaheadSpec(distance=distance, k=k, state=state)

@@ -1,4 +1,4 @@
-"""GpuExpertCache: a fixed pool of expert slots on the compute device, allocated once.
+"""SlotPool: a fixed pool of expert slots on the compute device, allocated once.
 
 One pool tensor per expert tensor name ([capacity, ...] in the HF layout), so a slot's
 weights are plain views and the pools never fragment the allocator. A slot remembers the
@@ -28,7 +28,7 @@ class Slot:
     used: bool = False  # ... and read since
 
 
-class GpuExpertCache:
+class SlotPool:
     def __init__(self, layout: ExpertLayout, capacity: int, device: torch.device):
         if capacity < 1:
             raise ValueError(f"cache capacity must be >= 1, got {capacity}")
@@ -50,6 +50,10 @@ class GpuExpertCache:
     def lookup(self, key: ExpertKey) -> Slot | None:
         i = self.table.get(key)
         return None if i is None else self.slots[i]
+
+    def slot_of(self, key: ExpertKey) -> Slot:
+        """The slot of a key known to be resident."""
+        return self.slots[self.table[key]]
 
     def tensors(self, slot: Slot) -> dict[str, torch.Tensor]:
         return {name: pool[slot.index] for name, pool in self.pools.items()}
@@ -76,7 +80,8 @@ class GpuExpertCache:
         """Snapshot for policies; `done(mark)` tells whether a copy has finished."""
 
         def split() -> tuple[frozenset[ExpertKey], frozenset[ExpertKey]]:
-            resident, loading = set(), set()
+            resident: set[ExpertKey] = set()
+            loading: set[ExpertKey] = set()
             for key, i in self.table.items():
                 ready = self.slots[i].ready
                 (resident if ready is None or done(ready) else loading).add(key)

@@ -1,0 +1,32 @@
+"""Speculative execution's cost in fidelity: how often the expert that ran is not one the router chose."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from moelab.core.registry import register
+from moelab.core.types import LayerCall, ModelSpec
+from moelab.observers.base import Observer
+
+
+@register("observer", "spec_exec")
+class SpecExecChanges(Observer):
+    """`spec_exec_changed`: over (token, k) pairs run under speculative execution, the share whose executed
+    expert is not among that token's router choices."""
+
+    name = "spec_exec"
+
+    def reset(self, spec: ModelSpec) -> None:
+        super().reset(spec)
+        self.pairs = 0
+        self.changed = 0
+
+    def on_layer(self, call: LayerCall) -> None:
+        if not call.speculative:
+            return
+        k = call.top_k
+        self.pairs += len(call.executed)
+        self.changed += sum(e not in call.router_choice[t - t % k : t - t % k + k] for t, e in enumerate(call.executed))
+
+    def row(self) -> dict[str, Any]:
+        return {"spec_exec_changed": self.changed / self.pairs if self.pairs else float("nan")}
