@@ -41,9 +41,10 @@ def _rel(path: Path) -> str:
 
 def overrides(version: Path, target: str, kind: str, new_tokens: int, results_dir: Path) -> list[str]:
     """The run.py overrides that record one trace (printed by the tool, so the command can be repeated by hand)."""
-    over = ["model=code_moe", f"model.path={_rel(version / target)}", "model.dtype=float32", "device=cpu",
-            "budget=full", f"workload.max_new_tokens={new_tokens}", "record_trace=true", "record_states=false",
-            f"results_dir={results_dir}", "experiment_name=reference_traces", "progress=false", "logger.console=false"]
+    over = ["model=code_moe", f"model.name={target}", f"model.path={_rel(version / target)}", "model.dtype=float32",
+            "device=cpu", "budget=full", f"workload.max_new_tokens={new_tokens}", "record_trace=true",
+            "record_states=false", f"results_dir={results_dir}", "experiment_name=reference_traces", "progress=false",
+            "logger.console=false"]
     if kind == "ar":
         return [*over, "policy=on_demand"]
     if not kind.startswith("g") or not kind[1:].isdigit():
