@@ -35,6 +35,12 @@ TARGETS = ("code_moe", "code_moe_fine")
 UNSUMMED = ("SHA256SUMS", "README.md")  # the cards may gain text; the binaries and data may not change
 
 
+def fail(message: str) -> None:
+    """Bad input: one line, exit 2, before any weight is read."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _rel(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
@@ -48,7 +54,7 @@ def overrides(version: Path, target: str, kind: str, new_tokens: int, results_di
     if kind == "ar":
         return [*over, "policy=on_demand"]
     if not kind.startswith("g") or not kind[1:].isdigit():
-        raise SystemExit(f"error: unknown trace kind {kind!r}; allowed: ar, g<gamma> (e.g. {', '.join(KINDS)})")
+        fail(f"unknown trace kind {kind!r}; allowed: ar, g<gamma> (e.g. {', '.join(KINDS)})")
     return [*over, "policy=on_demand", "decoding=speculative", f"decoding.gamma={int(kind[1:])}",
             f"decoding.draft.path={_rel(version / 'code_draft')}"]
 
@@ -102,9 +108,9 @@ def main() -> None:
     for t, k in jobs:
         overrides(version, t, k, 1, out)  # bad kinds end here, before any weight is read
         if not (version / t / "config.json").is_file():
-            raise SystemExit(f"error: no model {t!r} in {version}; allowed: {', '.join(TARGETS)}")
+            fail(f"no model {t!r} in {version}; allowed: {', '.join(TARGETS)}")
         if (out / f"{t}_{k}.parquet").exists():
-            raise SystemExit(f"error: {out / f'{t}_{k}.parquet'} exists; traces of a version are frozen "
+            fail(f"{out / f'{t}_{k}.parquet'} exists; traces of a version are frozen "
                              "(record into --out elsewhere, or a new version)")
     out.mkdir(parents=True, exist_ok=True)
     done = []
