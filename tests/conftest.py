@@ -14,7 +14,10 @@ from transformers import AutoConfig, AutoModelForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One thread, here and in the `run.py` subprocesses tests start: on a loaded 2-core machine torch's default
+# thread count oversubscribes the cores and slows small models by an order of magnitude.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 from moelab.core import registry  # noqa: E402
 from moelab.core.types import Execution  # noqa: E402

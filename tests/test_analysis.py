@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 
 def test_prediction_recall_command_writes_table_and_figure(tmp_path):
     results = tmp_path / "results"
-    args = [sys.executable, "-m", "moelab.analysis.prediction_recall", "device=cpu", "progress=false",
+    args = [sys.executable, "-m", "moelab.analysis.prediction_recall", "model=tiny", "device=cpu", "progress=false",
             f"results_dir={results}", "workload.num_prompts=2", "workload.max_new_tokens=6"]
     p = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr

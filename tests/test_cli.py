@@ -13,8 +13,8 @@ import pytest
 
 from tests.conftest import ROOT, tiny_hf_model
 
-QUICK = ["workload.max_new_tokens=3", "workload.num_prompts=2", "workload.ppl_tokens=16", "progress=false",
-         "logger.console=false"]
+QUICK = ["model=tiny", "workload.max_new_tokens=3", "workload.num_prompts=2", "workload.ppl_tokens=16",
+         "progress=false", "logger.console=false"]
 
 METRICS_FIELDS = [
     "ttft_ms", "tpot_ms", "tpot_median_ms", "tpot_p90_ms", "tokens_per_s", "h2d_bytes_demand", "h2d_bytes_prefetch",
@@ -54,7 +54,8 @@ def runs(tmp_path: Path, experiment: str = "default") -> pd.DataFrame:
 
 
 def test_default_run_records_every_metric(tmp_path):
-    p = run_cli(tmp_path, "logger.console=true")
+    """The README's command: the embedded default is the committed trained pair (model=code_moe)."""
+    p = run_cli(tmp_path, "model=code_moe", "logger.console=true")
     assert p.returncode == 0, p.stderr
     assert "TPOT" in p.stdout and "hit rate" in p.stdout and "token agreement" in p.stdout
     df = runs(tmp_path)
@@ -70,6 +71,16 @@ def test_default_run_records_every_metric(tmp_path):
     assert row.h2d_bytes_prefill > 0
     steps = pd.read_parquet(tmp_path / "results" / "default" / row.run_id / "steps.parquet")
     assert set(steps.phase) == {"prefill", "decode"} and len(steps) == 2 * 3
+    assert row.model == "code-moe" and row.architecture == "mixtral" and row.experts == 16
+
+
+def test_the_embedded_default_is_the_committed_trained_pair():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose("config", overrides=["policy=spac"])
+    assert cfg.model.path == "checkpoints/v1/code_moe" and not cfg.model.random_init
+    assert cfg.model.draft == "checkpoints/v1/code_draft"
 
 
 def test_sweep_records_a_failing_run_and_goes_on(tmp_path):

@@ -25,7 +25,8 @@ from tests.conftest import ROOT, make_executor, offloaded_copy, tiny_hf_model
 CONTEXT, CONTINUATION = "def add(a, b):\n    return", " a + b\n"
 DOC = "import os\n\nfor name in os.listdir('.'):\n    print(name)\n"
 # 2 MoE layers x 8 experts, vocabulary 256: a whole runner pass takes well under a second
-SMALL = ["model.config.hidden_size=64", "model.config.intermediate_size=96", "model.config.num_hidden_layers=2",
+SMALL = ["model=tiny",
+         "model.config.hidden_size=64", "model.config.intermediate_size=96", "model.config.num_hidden_layers=2",
          "model.config.num_attention_heads=4", "model.config.num_key_value_heads=2", "model.config.num_local_experts=8",
          "model.config.vocab_size=256"]
 
@@ -76,8 +77,8 @@ def test_every_request_type_through_the_executor_equals_the_plain_model(plain_an
 def _cfg(tmp_path, *overrides: str):
     with hydra.initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         return hydra.compose("config", overrides=[
-            *SMALL, "device=cpu", f"results_dir={tmp_path / 'results'}", "progress=false", "logger.console=false",
-            "eval.include_defaults=false", *overrides])
+            *SMALL, "device=cpu", f"results_dir={tmp_path / 'results'}", "progress=false",
+            "logger.console=false", "eval.include_defaults=false", *overrides])
 
 
 def test_a_run_scores_tasks_into_its_row_and_saves_lm_eval_json(tmp_path):
@@ -107,7 +108,7 @@ def test_unknown_task_is_refused_before_any_weight_loads(tmp_path):
 
 
 def test_python_m_moelab_eval_says_one_line_and_exits_2(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "moelab.eval", "tasks=nope", "eval.include_defaults=false",
+    p = subprocess.run([sys.executable, "-m", "moelab.eval", "model=tiny", "tasks=nope", "eval.include_defaults=false",
                         f"results_dir={tmp_path}", f"hydra.run.dir={tmp_path}"],
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert p.returncode == 2 and p.stderr.startswith("error: unknown lm-eval task(s) nope"), p.stderr[-2000:]

@@ -12,7 +12,8 @@ from moelab.results.label import policy_label
 from moelab.results.schema import COLUMNS, undeclared
 from tests.conftest import ROOT
 
-SMALL = ["model.config.hidden_size=64", "model.config.intermediate_size=96", "model.config.num_attention_heads=4",
+SMALL = ["model=tiny",
+         "model.config.hidden_size=64", "model.config.intermediate_size=96", "model.config.num_attention_heads=4",
          "model.config.num_key_value_heads=2", "model.config.vocab_size=256", "device=cpu", "reference=false",
          "progress=false", "logger.console=false", "workload.num_prompts=1", "workload.max_new_tokens=3",
          "workload.ppl_tokens=8"]

@@ -75,8 +75,8 @@ def test_template_seeded_sample_length_filter_and_ppl_docs(jsonl):
 def _cfg(tmp_path, *overrides: str):
     with hydra.initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         return hydra.compose("config", overrides=[
-            "device=cpu", f"results_dir={tmp_path / 'results'}", "progress=false", "logger.console=false",
-            "model.seed=4242",  # a model no other test holds: reaching the loader would load it
+            "model=tiny", "device=cpu", f"results_dir={tmp_path / 'results'}", "progress=false",
+            "logger.console=false", "model.seed=4242",  # a model no other test holds: reaching the loader would load it
             *overrides])
 
 

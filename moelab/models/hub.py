@@ -36,6 +36,7 @@ TOKENIZER_FILTER = {"allow_patterns": [p for p in DOWNLOAD_PATTERNS if "safetens
                     "ignore_patterns": ["*/*"]}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _TRUE = {"1", "on", "yes", "true"}
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout moelab runs from (installed editable)
 
 T = TypeVar("T")
 
@@ -89,8 +90,12 @@ class ModelSource:
 
 
 def locate(ref: str, revision: str | None = None) -> ModelSource:
-    """A local directory as it is; a hub id resolved to its cached snapshot, fetching config.json only."""
+    """A local directory as it is; a hub id resolved to its cached snapshot, fetching config.json only.
+    A relative directory missing from the working directory is looked up in moelab's own checkout, where the
+    committed reference models live (`checkpoints/v1/...`), so presets naming them work from any directory."""
     local = Path(ref).expanduser()
+    if not local.exists() and not local.is_absolute() and (REPO_ROOT / local).exists():
+        local = REPO_ROOT / local
     if local.exists() or not looks_like_hub_id(ref):
         return ModelSource(ref, local)  # the checkpoint reader names what is wrong with a bad directory
     from huggingface_hub import hf_hub_download

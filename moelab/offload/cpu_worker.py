@@ -51,7 +51,10 @@ class CpuExpertWorker:
                  dtype: torch.dtype | None = None):
         self.store = store
         self.kernels = kernels
-        self.threads = threads
+        # OpenMP's thread count is per thread: the worker thread would start with the runtime's default, not the
+        # caller's torch.set_num_threads, and a GEMM split over a different number of threads can round
+        # differently. The caller's count keeps CPU experts bitwise equal to the plain model on the CPU.
+        self.threads = threads or torch.get_num_threads()
         self.act_dtype = store.layout.tensors[0].dtype
         self.dtype = dtype or self.act_dtype
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moelab-cpu-experts")
@@ -77,8 +80,7 @@ class CpuExpertWorker:
 
     def compute(self, layer: int, experts: list[int], counts: list[int], x: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
-        if self.threads:
-            torch.set_num_threads(self.threads)
+        torch.set_num_threads(self.threads)
         kernel = self.kernels[layer]
         out = torch.empty(x.shape[0], x.shape[1], dtype=self.act_dtype)
         round_to = self.act_dtype if self.dtype != self.act_dtype else None  # float32 weights: round to bf16
