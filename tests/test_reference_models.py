@@ -141,10 +141,10 @@ REPLAY_SHAPES = {  # the trace's own expert count and top-k, tiny random weights
     "code_moe": ["model=tiny", "model.config.hidden_size=64", "model.config.intermediate_size=64",
                  "model.config.num_hidden_layers=8", "model.config.num_attention_heads=4",
                  "model.config.num_key_value_heads=2"],
-    "code_moe_fine": ["model=olmoe", "model.dtype=float32", "model.config.hidden_size=64",
-                      "model.config.intermediate_size=16", "model.config.num_hidden_layers=8",
-                      "model.config.num_attention_heads=4", "model.config.num_key_value_heads=2",
-                      "model.config.vocab_size=512"],
+    "code_moe_fine": ["model=olmoe", "model.random_init=true", "model.dtype=float32", "++model.config.hidden_size=64",
+                      "++model.config.intermediate_size=16", "++model.config.num_hidden_layers=8",
+                      "++model.config.num_attention_heads=4", "++model.config.num_key_value_heads=2",
+                      "++model.config.vocab_size=512"],
 }
 
 

@@ -35,7 +35,8 @@ def runner_cfg(tmp_path: Path, *overrides: str):
     with hydra.initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
         return hydra.compose("config", overrides=[
             "model=tiny", *SMALL, "device=cpu", f"results_dir={tmp_path / 'results'}", "progress=false",
-            "logger.console=false", "workload.max_new_tokens=4", "workload.num_prompts=2", "workload.ppl_tokens=8", *overrides])
+            "logger.console=false",
+            "workload.max_new_tokens=4", "workload.num_prompts=2", "workload.ppl_tokens=8", *overrides])
 
 
 def static_executor(om, capacity: int, scratch: int | None = None, balancer: str = "gpu_only") -> OffloadExecutor:
