@@ -29,7 +29,6 @@
 import os
 
 from moelab.analysis.load import describe_setup, load_runs, results_dir
-from moelab.analysis.recall import markdown
 from moelab.analysis.signals import plot_signals, signal_by_layer, signal_table
 
 RESULTS = results_dir()
@@ -42,7 +41,7 @@ if os.environ.get("MOELAB_MODEL"):
 runs = runs[runs["device_name"] == runs.sort_values("started_at")["device_name"].iloc[-1]]  # one device
 for _, part in runs.groupby("model", sort=False):
     print(f"{len(part)} runs: {describe_setup(part.iloc[0])}")
-print(markdown(signal_table(runs).reset_index().set_index("model")))
+print(signal_table(runs).round(3).to_string())
 layers = signal_by_layer(runs).pivot_table(index=["model", "gamma", "signal"], columns="layer", values="value")
 print(layers.round(3).to_string())
 

@@ -20,7 +20,7 @@ def signal_table(rows: pd.DataFrame) -> pd.DataFrame:
         cols[f"signal_{s}_precision"] = f"{s}_precision"
     df = rows.assign(gamma=rows["cfg.decoding.gamma"].astype(int))
     table = df.groupby(["model", "gamma"], sort=False)[list(cols)].mean().rename(columns=cols)
-    return table.sort_index(level="gamma", sort_remaining=False).astype(float)
+    return table.sort_index().astype(float)
 
 
 def signal_by_layer(rows: pd.DataFrame, metric: str = "recall") -> pd.DataFrame:
