@@ -1,39 +1,36 @@
 #!/usr/bin/env bash
 # The GPU benchmarks of the prefetch (issue 3) and SpAc (issue 4) work, in stages that each fit one 10-minute
-# device command. Each stage packs its results into $OUT/stage<N>.tgz; a later stage that lands on a fresh
-# machine restores the earlier stages' results from .bench_in/ (unpack the returned tgz files there and carry it).
+# device command. Each stage packs its results into $OUT/stage<N>.tgz. The replays read the committed
+# checkpoints/v1/traces and every --ckpt defaults to checkpoints/v1/code_moe, so a stage needs no earlier one.
 #
 #   bash benchmarks/gpu_session.sh 1    # SpAc: trained pair (+ traces); prefetch: trained model + Mixtral replay
 #   bash benchmarks/gpu_session.sh 2    # prefetch: Qwen3 replay; SpAc: Mixtral replay
 #   bash benchmarks/gpu_session.sh 3    # SpAc: Qwen3 replay; qhs replays (Mixtral, Qwen3)
-#   bash benchmarks/gpu_session.sh 4    # all a fresh machine needs for stage 3, plus the budget-sweep figure
+#   bash benchmarks/gpu_session.sh 4    # stage 3's replays at shorter timeouts, plus the budget-sweep figure
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source tools/device_env.sh
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" results
-if [ ! -d results/bench_prefetch ] && [ -d .bench_in/results ]; then cp -r .bench_in/results/. results/; fi
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 case "$1" in
-  1) timeout 200 python benchmarks/spac.py --ckpt checkpoints/code_moe --sections trained --out results/bench_spac \
+  1) timeout 200 python benchmarks/spac.py --sections trained --out results/bench_spac \
          2>&1 | tee "$OUT/stage1_spac.log" | grep -v '^{'
-     timeout 370 python benchmarks/prefetch.py --ckpt checkpoints/code_moe/target --replay-models mixtral:4 \
+     timeout 370 python benchmarks/prefetch.py --replay-models mixtral:4 \
          --out results/bench_prefetch 2>&1 | tee "$OUT/stage1_prefetch.log" | grep -v '^{' ;;
-  2) timeout 250 python benchmarks/prefetch.py --sections replay --trace results/bench_prefetch/replay_trace.parquet \
+  2) timeout 250 python benchmarks/prefetch.py --sections replay \
          --replay-models qwen3_moe:12 --out results/bench_prefetch_qwen3 2>&1 | tee "$OUT/stage2_prefetch.log" | grep -v '^{'
-     timeout 320 python benchmarks/spac.py --sections replay --traces results/bench_spac --replay-models mixtral:4 \
+     timeout 320 python benchmarks/spac.py --sections replay --replay-models mixtral:4 \
          --out results/bench_spac_mixtral 2>&1 | tee "$OUT/stage2_spac.log" | grep -v '^{' ;;
-  3) timeout 300 python benchmarks/spac.py --sections replay --traces results/bench_spac --replay-models qwen3_moe:12 \
+  3) timeout 300 python benchmarks/spac.py --sections replay --replay-models qwen3_moe:12 \
          --configs ar,sd,sd+cpu_cold,spac,spac-no-utility,spac-no-balancer --out results/bench_spac_qwen3 \
          2>&1 | tee "$OUT/stage3_spac.log" | grep -v '^{'
-     timeout 250 python benchmarks/prefetch.py --sections replay --trace results/bench_prefetch/replay_trace.parquet \
+     timeout 250 python benchmarks/prefetch.py --sections replay \
          --replay-models mixtral:4,qwen3_moe:12 --policies none,qhs,qhs+spec --out results/bench_prefetch_qhs \
          2>&1 | tee "$OUT/stage3_prefetch.log" | grep -v '^{' ;;
-  4) timeout 70 python benchmarks/spac.py --ckpt checkpoints/code_moe --sections trained --trained-configs ar,sd \
-         --out results/bench_spac 2>&1 | tee "$OUT/stage4_traces.log" | grep -v '^{'
-     timeout 170 python benchmarks/spac.py --sections replay --traces results/bench_spac --replay-models qwen3_moe:12 \
+  4) timeout 170 python benchmarks/spac.py --sections replay --replay-models qwen3_moe:12 \
          --configs ar,sd,sd+cpu_cold,spac,spac-no-utility,spac-no-balancer --out results/bench_spac_qwen3 \
          2>&1 | tee "$OUT/stage4_spac.log" | grep -v '^{'
-     timeout 190 python benchmarks/prefetch.py --sections replay --trace results/bench_spac/trace_ar.parquet \
+     timeout 190 python benchmarks/prefetch.py --sections replay \
          --replay-models mixtral:4,qwen3_moe:12 --policies none,qhs,qhs+spec --out results/bench_prefetch_qhs \
          2>&1 | tee "$OUT/stage4_prefetch.log" | grep -v '^{'
      timeout 110 python run.py -m +experiment=budget_sweep model=mixtral model.random_init=true model.num_layers=4 policy=on_demand,qhs,oracle \

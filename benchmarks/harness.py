@@ -24,6 +24,34 @@ QUICK_SHAPES = ["++model.config.hidden_size=128", "++model.config.intermediate_s
                 "model.num_layers=3"]
 
 
+# the committed reference models and their routing traces (checkpoints/v1/README.md): every benchmark's default
+V1 = ROOT / "checkpoints" / "v1"
+TARGET = V1 / "code_moe"
+DRAFT = V1 / "code_draft"
+TRACES = V1 / "traces"
+TRACE_KINDS = ("ar", "g2", "g4", "g8")  # autoregressive (with qhs predictions); speculative at gamma 2, 4, 8
+
+
+def trace_file(folder: str | Path, target: str | Path, kind: str) -> Path:
+    """`<folder>/<target name>_<kind>.parquet`, the committed traces' naming (code_moe_ar.parquet, ...)."""
+    return Path(folder) / f"{Path(target).name}_{kind}.parquet"
+
+
+def reference_args(ap: Any, traces: bool = True) -> None:
+    """--ckpt / --draft (and --traces): default to the committed v1 reference models and traces."""
+    ap.add_argument("--ckpt", default=str(TARGET), help="target MoE checkpoint (default: the committed code_moe; "
+                    "checkpoints/v1/code_moe_fine is the fine-grained one)")
+    ap.add_argument("--draft", default=str(DRAFT), help="draft checkpoint for speculative decoding")
+    if traces:
+        ap.add_argument("--traces", default=str(TRACES),
+                        help="folder with <target>_{ar,g2,g4,g8}.parquet (default: the committed traces)")
+
+
+def target_overrides(ckpt: str | Path) -> list[str]:
+    """A committed (or any local HF) target through the code_moe preset; its classes pick the adapter."""
+    return ["model=code_moe", f"model.path={ckpt}", f"model.name={Path(ckpt).name.replace('_', '-')}"]
+
+
 def common_args(ap: Any) -> Any:
     """The arguments every benchmark takes; returns the parsed args with `device` resolved and `out` created."""
     import torch

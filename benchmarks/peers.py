@@ -1,10 +1,12 @@
 """moelab's policies against what users would otherwise run, and against the physical floor, in one process.
 
-    python benchmarks/peers.py --ckpt checkpoints/code_moe                 # on the GPU machine
-    python benchmarks/peers.py --quick                                     # tiny random models, runs anywhere
+    python benchmarks/peers.py                       # on the GPU machine: replays the committed code_moe traces
+    python benchmarks/peers.py --record-traces       # records them anew from --ckpt + --draft first
+    python benchmarks/peers.py --quick               # tiny random models, runs anywhere
 
-First the trained pair (checkpoints/code_moe: target + draft) records two routing traces on the same prompts:
-autoregressive (with its routers' next-layer predictions) and speculative (gamma 4, with its acceptance). Then,
+Routing comes from two traces of a committed reference pair on the same prompts (--traces, default
+checkpoints/v1/traces/code_moe_{ar,g4}.parquet): autoregressive (with its routers' next-layer predictions) and
+speculative (gamma 4, with its acceptance); --record-traces records them from --ckpt and --draft. Then,
 for each full-size model shape (random weights, real expert sizes) and GPU expert budget, side by side:
 
   hf_accelerate   transformers + accelerate `device_map` offload with `max_memory` = the bytes moelab keeps on
@@ -41,7 +43,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, Bench, common_args, print_tables, quick_shapes  # noqa: E402
+from harness import ROOT, Bench, common_args, print_tables, quick_shapes, reference_args, target_overrides, trace_file  # noqa: E402
 
 SD_DRAFT = ["decoding.draft.path=null", "decoding.draft.config.hidden_size=1024",
             "decoding.draft.config.intermediate_size=2816", "decoding.draft.config.num_hidden_layers=2",
@@ -54,6 +56,7 @@ SYSTEMS: list[tuple[str, str, list[str]]] = [  # label, trace (ar | sd), overrid
     ("spac", "sd", ["policy=spac"]),
     ("oracle", "ar", ["policy=oracle"]),
 ]
+TRACE_OF = {"ar": "ar", "sd": "g4"}  # the systems' trace -> its file's kind (speculative at the default gamma 4)
 ORDER = ["hf_accelerate", *(s for s, _, _ in SYSTEMS)]
 MODELS = [("mixtral", 8), ("qwen3_moe", 12)]
 KEYS = ["section", "model", "budget", "policy"]
@@ -64,17 +67,18 @@ METRICS = ["tokens_per_s", "tpot_ms", "floor_ms_per_token", "efficiency", "trans
            "token_agreement", "accelerate_gpu_bytes", "accelerate_streamed_bytes"]
 
 
-def record_traces(b: Bench, ckpt: str | None, prompts: int, new_tokens: int, out: Path) -> dict[str, Path]:
+def record_traces(b: Bench, ckpt: str | None, draft_path: str, prompts: int, new_tokens: int,
+                  out: Path) -> dict[str, Path]:
     """The trained pair's routing on the benchmark prompts: autoregressive (with qhs predictions) and speculative."""
-    model = ["model=code_moe", f"model.path={ckpt}/target"] if ckpt else ["model=tiny"]
+    model = target_overrides(ckpt) if ckpt else ["model=tiny"]
     work = [f"workload.num_prompts={prompts}", f"workload.max_new_tokens={new_tokens}", "record_trace=true"]
-    draft = [f"decoding.draft.path={ckpt}/draft"] if ckpt else []
+    draft = [f"decoding.draft.path={draft_path}"] if ckpt else []
     traces = {}
     for kind, over in (("ar", ["policy=on_demand"]), ("sd", ["decoding=speculative", *draft])):
         r = b.run("record", f"trace {kind}", 0.5, [*model, *over, *work])
         if r.get("status") != "ok":
             raise SystemExit(f"recording the {kind} trace failed: {r.get('error')}")
-        traces[kind] = out / f"peers_trace_{kind}.parquet"
+        traces[kind] = trace_file(out, ckpt or "tiny", TRACE_OF[kind])
         shutil.copy(r["trace_path"], traces[kind])
     return traces
 
@@ -148,23 +152,23 @@ def with_floors(df: pd.DataFrame) -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", default=str(ROOT / "checkpoints" / "code_moe"), help="dir with target/ and draft/")
+    reference_args(ap)
+    ap.add_argument("--record-traces", action="store_true", help="record the traces from --ckpt and --draft")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench_peers"))
     ap.add_argument("--models", default=",".join(f"{m}:{n}" for m, n in MODELS), help="preset:layers,...")
     ap.add_argument("--budgets", default="0.125,0.25,0.5")
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--systems", default=",".join(ORDER))
     ap.add_argument("--accelerate-tokens", type=int, default=8, help="tokens the (slow) accelerate row decodes")
-    ap.add_argument("--traces", default=None, help="folder with peers_trace_{ar,sd}.parquet (else recorded)")
     args = common_args(ap)
     out = args.out
     systems = set(args.systems.split(","))
     b = Bench(out, args.device, "bench_peers", METRICS + ["accelerate_offloaded_modules"])
     new_tokens = 6 if args.quick else args.new_tokens
-    if args.traces:
-        traces = {k: Path(args.traces) / f"peers_trace_{k}.parquet" for k in ("ar", "sd")}
+    if args.quick or args.record_traces:
+        traces = record_traces(b, None if args.quick else args.ckpt, args.draft, args.prompts, new_tokens, out)
     else:
-        traces = record_traces(b, None if args.quick else args.ckpt, args.prompts, new_tokens, out)
+        traces = {k: trace_file(args.traces, args.ckpt, kind) for k, kind in TRACE_OF.items()}
     for preset, layers in (x.split(":") for x in args.models.split(",")):
         base = [f"model={preset}", "model.random_init=true", f"model.num_layers={layers}", "routing=replay"]
         if args.quick:

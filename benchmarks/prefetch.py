@@ -1,15 +1,17 @@
 """Prediction-driven prefetch benchmark: ar_binary / qhs / qhs + speculative execution / mlp / oracle vs on-demand.
 
-    python benchmarks/prefetch.py --ckpt checkpoints/code_moe/target      # on the GPU machine
+    python benchmarks/prefetch.py                  # on the GPU machine: the committed code_moe (checkpoints/v1)
     python benchmarks/prefetch.py --quick                                  # tiny random model, runs anywhere
 
 Sections (rows print as they finish; the tables are printed last and written to --out):
-  trained  moelab's own trained MoE (code_moe, native routing): MLP predictors are trained on a trace of
-           Python-source prompts (the model's training split), then every predictor runs on the built-in
-           prompts at 25% and 50% budgets: per-layer prediction recall, accuracy with speculative execution
-           (token agreement, ppl delta), I/O. Its trace (with qhs predictions) drives the next section.
+  trained  a committed reference MoE (--ckpt, default checkpoints/v1/code_moe; native routing): MLP predictors
+           are trained on a trace of Python-source prompts (the model's training split), then every predictor
+           runs on the built-in prompts at 25% and 50% budgets: per-layer prediction recall, accuracy with
+           speculative execution (token agreement, ppl delta), I/O. Its trace (with qhs predictions) drives the
+           next section.
   replay   Mixtral-8x7B and Qwen3-30B-A3B shapes (random weights, real expert sizes) replaying the trained
-           model's routing and its routers' qhs predictions: decode TPOT side by side in one process.
+           model's routing and its routers' qhs predictions (the trace the trained section recorded, else --trace,
+           default: the committed checkpoints/v1/traces/<target>_ar.parquet): decode TPOT side by side in one process.
 Every run goes through moelab.runner.run, so each is also a row of <out>/bench_prefetch/runs.parquet.
 """
 
@@ -23,17 +25,31 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, Bench, common_args, print_tables, quick_shapes, vs_baseline  # noqa: E402
+from harness import (  # noqa: E402
+    ROOT,
+    TRACES,
+    Bench,
+    common_args,
+    print_tables,
+    quick_shapes,
+    reference_args,
+    target_overrides,
+    trace_file,
+    vs_baseline,
+)
 
+from moelab.analysis.recall import predictors  # noqa: E402
+
+PREDICTORS = predictors()  # the one list of predictors (conf/experiment/predictor/)
 POLICIES: list[tuple[str, list[str]]] = [
     ("none", ["policy=on_demand"]),
-    ("ar_binary", ["policy=ar_binary"]),
-    ("qhs", ["policy=qhs"]),
-    ("qhs+spec", ["policy=qhs", "execution.speculative=router"]),
-    ("oracle", ["policy=oracle"]),
+    ("ar_binary", PREDICTORS["ar_binary"]),
+    ("qhs", PREDICTORS["qhs d=1"]),
+    ("qhs+spec", [*PREDICTORS["qhs d=1"], "execution.speculative=router"]),
+    ("oracle", PREDICTORS["oracle"]),
 ]
-RECALL_ONLY = [("qhs d=2", ["policy=qhs", "prefetch.distance=2"]),
-               ("qhs layer_output", ["policy=qhs", "prefetch.state=layer_output"]),
+# the other predictors at one budget (recall only), and a qhs state variant that is an ablation, not a predictor
+RECALL_ONLY = [*((label, ov) for label, ov in PREDICTORS.items() if label not in ("ar_binary", "qhs d=1", "oracle")),
                ("qhs default-vector", ["policy=qhs", "prefetch.state=post_attn_default"])]
 REPLAY_MODELS = [("mixtral", 6), ("qwen3_moe", 12)]
 KEYS = ["section", "model", "budget", "policy"]
@@ -63,8 +79,8 @@ def section_trained(b: Bench, model: list[str], budgets: tuple[float, ...], new_
     path = save_predictors(b.out / "predictors_d1", models, info)
     report.to_csv(b.out / "predictor_training.csv", index=False)
     print(report.round(3).to_string(index=False), flush=True)
-    policies = [*POLICIES, ("mlp", ["policy=mlp", f"prefetch.path={path}"]),
-                ("mlp+spec", ["policy=mlp", f"prefetch.path={path}", "execution.speculative=router"])]
+    mlp = predictors(path)["mlp"]
+    policies = [*POLICIES, ("mlp", mlp), ("mlp+spec", [*mlp, "execution.speculative=router"])]
     trace = None
     for budget in budgets:
         for label, over in policies:
@@ -103,10 +119,11 @@ def trained_recall(df: pd.DataFrame, out: Path) -> pd.DataFrame:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", default=str(ROOT / "checkpoints" / "code_moe" / "target"))
+    reference_args(ap, traces=False)
     ap.add_argument("--out", default=str(ROOT / "results" / "bench_prefetch"))
     ap.add_argument("--sections", default="trained,replay")
-    ap.add_argument("--trace", default=None, help="replay this trace instead of the trained section's")
+    ap.add_argument("--trace", default=None, help="replay this trace instead of the trained section's (without "
+                    "the trained section: default checkpoints/v1/traces/<target>_ar.parquet)")
     ap.add_argument("--replay-models", default=",".join(f"{m}:{n}" for m, n in REPLAY_MODELS),
                     help="model presets and layer counts for the replay section")
     ap.add_argument("--policies", default=None, help="comma-separated labels to run in the replay section")
@@ -114,9 +131,9 @@ def main() -> None:
     device, out = args.device, args.out
     b = Bench(out, device, "bench_prefetch", METRICS)
     budgets = (0.25, 0.5)
-    model = ["model=tiny"] if args.quick else ["model=code_moe", f"model.path={args.ckpt}"]
+    model = ["model=tiny"] if args.quick else target_overrides(args.ckpt)
     sections = args.sections.split(",")
-    trace = args.trace
+    trace = args.trace or (None if "trained" in sections else str(trace_file(TRACES, args.ckpt, "ar")))
     if "trained" in sections:
         trace = section_trained(b, model, budgets, 6 if args.quick else args.new_tokens, args.quick) or trace
         if trace:  # kept beside the tables, so a later call (or another machine) can replay it

@@ -1,13 +1,16 @@
 """MoE-SpAc benchmark: speculative decoding as the lookahead sensor, CPU/GPU balancing and utility caching,
 against autoregressive and SD-based baselines, side by side in one process at one GPU budget.
 
-    python benchmarks/spac.py --ckpt checkpoints/code_moe                 # on the GPU machine
+    python benchmarks/spac.py                   # on the GPU machine: the committed code_moe + code_draft and traces
+    python benchmarks/spac.py --ckpt checkpoints/v1/code_moe_fine          # the fine-grained reference model
     python benchmarks/spac.py --quick                                     # tiny random models, runs anywhere
 
 Sections (rows print as they finish; the tables are printed last and written to --out):
-  trained  moelab's trained pair (code_moe target + its dense draft): every configuration below with native
-           routing and real acceptance; records the autoregressive and speculative (gamma 2/4/8) traces.
-  replay   Mixtral-8x7B / Qwen3-30B-A3B shapes (random weights, real expert sizes) replaying those traces:
+  trained  a committed reference pair (--ckpt target + --draft): every configuration below with native
+           routing and real acceptance; records the autoregressive and speculative (gamma 2/4/8) traces into
+           --out as <target>_{ar,g2,g4,g8}.parquet.
+  replay   Mixtral-8x7B / Qwen3-30B-A3B shapes (random weights, real expert sizes) replaying --traces (default:
+           the committed checkpoints/v1/traces; --traces OUT replays what the trained section recorded):
            each verification pass routes the recorded tokens with the recorded acceptance, so transfers have
            real sizes while routing and acceptance are the trained pair's. A small random dense draft runs on
            the GPU (its cost is real, its proposals are replaced by the recorded acceptance).
@@ -26,7 +29,17 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, Bench, common_args, print_tables, quick_shapes, vs_baseline  # noqa: E402
+from harness import (  # noqa: E402
+    ROOT,
+    Bench,
+    common_args,
+    print_tables,
+    quick_shapes,
+    reference_args,
+    target_overrides,
+    trace_file,
+    vs_baseline,
+)
 
 KEYS = ["section", "model", "budget", "policy"]
 METRICS = ["tpot_ms", "tokens_per_s", "vs_sd", "vs_ar", "acceptance_rate", "mean_accepted_len", "hit_rate",
@@ -66,25 +79,22 @@ REPLAY_DRAFT = ["decoding.draft.path=null", "decoding.draft.config.hidden_size=1
                 "decoding.draft.config.num_attention_heads=8", "decoding.draft.config.num_key_value_heads=8"]
 
 
-def section_trained(b: Bench, ckpt: str | None, budget: float, new_tokens: int, traces: Path,
+def section_trained(b: Bench, ckpt: str | None, draft: str, budget: float, new_tokens: int, traces: Path,
                     only: set[str] | None = None, configs: list = CONFIGS) -> None:
-    if ckpt:
-        model = ["model=code_moe", f"model.path={ckpt}/target", f"decoding.draft.path={ckpt}/draft"]
-    else:
-        model = ["model=tiny"]
+    model = target_overrides(ckpt) if ckpt else ["model=tiny"]
+    draft_path = [f"decoding.draft.path={draft}"] if ckpt else []
     for label, _, over in configs:
         if only is not None and label.split(" cpu=")[0] not in only:
             continue
         extra = ["record_trace=true"] if label in RECORD else []
         uses_sd = any(o.startswith("decoding=") or o == "policy=spac" for o in over)
-        draft = model[2:] if uses_sd else []
-        r = b.run("trained", label, budget, [*model[:2], *over, *draft, *extra,
+        r = b.run("trained", label, budget, [*model, *over, *(draft_path if uses_sd else []), *extra,
                                              f"workload.max_new_tokens={new_tokens}"])
         if label in RECORD and r.get("trace_path"):
-            shutil.copy(r["trace_path"], traces / f"trace_{RECORD[label]}.parquet")
+            shutil.copy(r["trace_path"], trace_file(traces, ckpt or "tiny", RECORD[label]))
 
 
-def section_replay(b: Bench, budget: float, traces: Path, models: list[tuple[str, int]], quick: bool,
+def section_replay(b: Bench, budget: float, traces: Path, target: str, models: list[tuple[str, int]], quick: bool,
                    only: set[str] | None = None, configs: list = CONFIGS) -> None:
     for preset, layers in models:
         base = [f"model={preset}", "model.random_init=true", f"model.num_layers={layers}", "routing=replay"]
@@ -93,7 +103,7 @@ def section_replay(b: Bench, budget: float, traces: Path, models: list[tuple[str
         for label, kind, over in configs:
             if only is not None and label.split(" cpu=")[0] not in only:
                 continue
-            trace = traces / f"trace_{kind}.parquet"
+            trace = trace_file(traces, target, kind)
             if not trace.exists():
                 print(f"skip {preset} {label}: no {trace.name}", flush=True)
                 continue
@@ -104,10 +114,9 @@ def section_replay(b: Bench, budget: float, traces: Path, models: list[tuple[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", default=str(ROOT / "checkpoints" / "code_moe"), help="dir with target/ and draft/")
+    reference_args(ap)
     ap.add_argument("--out", default=str(ROOT / "results" / "bench_spac"))
     ap.add_argument("--sections", default="trained,replay")
-    ap.add_argument("--traces", default=None, help="folder with trace_{ar,g2,g4,g8}.parquet (default: --out)")
     ap.add_argument("--replay-models", default=",".join(f"{m}:{n}" for m, n in REPLAY_MODELS))
     ap.add_argument("--budget", type=float, default=0.25)
     ap.add_argument("--configs", default=None, help="comma-separated labels to run in the replay section")
@@ -116,15 +125,17 @@ def main() -> None:
     args = common_args(ap)
     device, out = args.device, args.out
     configs = with_cpu_dtypes(CONFIGS, args.cpu_dtypes.split(","))
-    traces = Path(args.traces) if args.traces else out
+    traces = out if args.quick else Path(args.traces)  # --quick replays the tiny traces it just recorded
+    target = "tiny" if args.quick else args.ckpt
     b = Bench(out, device, "bench_spac", METRICS)
     sections = args.sections.split(",")
     if "trained" in sections:
-        section_trained(b, None if args.quick else args.ckpt, args.budget, 6 if args.quick else args.new_tokens, out,
+        new_tokens = 6 if args.quick else args.new_tokens
+        section_trained(b, None if args.quick else args.ckpt, args.draft, args.budget, new_tokens, out,
                         set(args.trained_configs.split(",")) if args.trained_configs else None, configs)
     if "replay" in sections:
         models = [(m, int(n)) for m, n in (x.split(":") for x in args.replay_models.split(","))]
-        section_replay(b, args.budget, traces, models, args.quick,
+        section_replay(b, args.budget, traces, target, models, args.quick,
                        set(args.configs.split(",")) if args.configs else None, configs)
     df = vs_baseline(b.rows, "sd")
     if len(df):

@@ -22,8 +22,8 @@
 # source files against the un-offloaded model. Without speculative execution the scores are the model's own
 # and the perplexity delta is 0; with it on they show what executing the predicted experts costs.
 #
-# The experiment is meant for the trained code model (`model=code_moe model.path=...`); on random weights the
-# scores are near zero and the figure only shows that the pipeline works.
+# The experiment is meant for the trained code models (`model=code_moe` or `model=code_moe_fine`, committed); on
+# random weights the scores are near zero and the figure only shows that the pipeline works.
 #
 # Reads `$MOELAB_RESULTS` (default: `results/`) and writes the figure as PNG and PDF to its `figures/` folder;
 # `MOELAB_EXPERIMENT` and `MOELAB_MODEL` pick another experiment name or model.

@@ -1,38 +1,24 @@
-"""The prediction-recall command end to end on the embedded tiny model, and the per-layer table it builds."""
+"""The list of predictors and the per-layer recall and signal tables the figures are built from."""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pandas as pd
 
-from moelab.analysis.recall import PREDICTORS, recall_by_layer
+from moelab.analysis.recall import predictor_labels, predictors, recall_by_layer
 from tests.conftest import ROOT
 
 
-def test_prediction_recall_command_writes_table_and_figure(tmp_path):
-    results = tmp_path / "results"
-    args = [sys.executable, "-m", "moelab.analysis.prediction_recall", "model=tiny", "device=cpu", "progress=false",
-            f"results_dir={results}", "workload.num_prompts=2", "workload.max_new_tokens=6"]
-    p = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert p.returncode == 0, p.stderr
-    table = pd.read_csv(results / "prediction_recall" / "prediction_recall.csv", index_col="predictor")
-    assert table.index.tolist() == list(PREDICTORS)
-    values = table.to_numpy().ravel()
-    known = values[~pd.isna(values)]
-    assert len(known) and ((known >= 0) & (known <= 1)).all()
-    assert table.loc["oracle", "mean"] == 1.0
-    assert (table.loc["oracle"] == 1.0).all()  # the oracle predicts every layer
-    runs = pd.read_parquet(results / "prediction_recall" / "runs.parquet")
-    assert len(runs) == len(PREDICTORS) and (runs.status == "ok").all()
-    for ext in ("png", "pdf"):
-        fig = results / "figures" / f"prediction_recall.{ext}"
-        assert fig.exists() and fig.stat().st_size > 0
-    assert (results / "prediction_recall" / "prediction_recall.md").read_text().count("| oracle |") == 2
-    assert p.stdout.rstrip().splitlines()[-1].startswith("oracle")  # the recall table is printed last
+def test_predictors_are_the_predictor_config_group():
+    """The one list of predictors is conf/experiment/predictor/: each file is one label, mlp only with its path."""
+    files = {p.stem for p in (ROOT / "conf" / "experiment" / "predictor").glob("*.yaml")}
+    listed = predictors()
+    assert {ov[0].split("=", 1)[1] for ov in listed.values()} == files - {"mlp"}
+    assert list(listed)[0] == "ar_binary" and list(listed)[-1] == "oracle" and "qhs d=2" in listed
+    assert predictors("DIR")["mlp"] == ["+experiment/predictor=mlp", "prefetch.path=DIR"]
+    assert predictor_labels() == list(predictors("DIR"))
 
 
 def test_recall_by_layer_table():
@@ -47,3 +33,20 @@ def test_recall_by_layer_table():
     )
     pd.testing.assert_frame_equal(table, expected, check_names=True)
     assert list(table.columns[:-1]) == [0, 1, 3] and all(isinstance(c, int) for c in table.columns[:-1])
+
+
+def test_signal_tables():
+    """Means per (model, gamma) and the per-layer long table come from the rows' `signal_*` columns unchanged."""
+    from moelab.analysis.signals import signal_by_layer, signal_table
+
+    per = {"binary_recall": {"0": 0.25, "1": 0.5}, "freq_recall": {"0": 0.75, "1": 1.0}}
+    rows = pd.DataFrame({"model": ["m", "m"], "cfg.decoding.gamma": [4, 2], "acceptance_rate": [0.5, 0.6],
+                         "signal_layers": [json.dumps(per), "{}"],
+                         **{f"signal_{s}_{m}": [0.1, 0.2] for s in ("binary", "freq", "freq_at_k")
+                            for m in ("recall", "precision")}})
+    table = signal_table(rows)
+    assert list(table.index) == [("m", 2), ("m", 4)]
+    assert table.loc[("m", 4), "acceptance"] == 0.5 and table.loc[("m", 2), "freq_recall"] == 0.2
+    long = signal_by_layer(rows)
+    assert len(long) == 4 and set(long.gamma) == {4}
+    assert long.set_index(["signal", "layer"]).loc[("freq", 1), "value"] == 1.0

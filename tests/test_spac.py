@@ -214,4 +214,4 @@ def test_spac_benchmark_smoke(tmp_path):
     df = pd.read_csv(tmp_path / "b" / "spac_benchmark.csv")
     assert set(df.section) == {"trained", "replay"} and (df.status == "ok").all()
     assert {"ar", "sd", "sd+cpu_cold", "spac", "spac-no-utility", "spac g=8"} <= set(df.policy)
-    assert {f"trace_{k}.parquet" for k in ("ar", "g2", "g4", "g8")} <= {f.name for f in (tmp_path / "b").iterdir()}
+    assert {f"tiny_{k}.parquet" for k in ("ar", "g2", "g4", "g8")} <= {f.name for f in (tmp_path / "b").iterdir()}

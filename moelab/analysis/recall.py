@@ -5,27 +5,41 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-# label -> Hydra overrides of the run config; `predictors(mlp_path)` adds the learned predictor
-PREDICTORS: dict[str, list[str]] = {
-    "ar_binary": ["policy=ar_binary"],
-    "qhs d=1": ["policy=qhs"],
-    "qhs d=2": ["policy=qhs", "prefetch.distance=2"],
-    "oracle": ["policy=oracle"],
-}
+PREDICTOR_DIR = Path(__file__).resolve().parents[2] / "conf" / "experiment" / "predictor"
 
 
 def predictors(mlp_path: str | Path | None = None) -> dict[str, list[str]]:
-    """The default predictor set, plus "mlp" when trained predictors exist (it cannot run without them)."""
-    out = {label: list(ov) for label, ov in PREDICTORS.items()}
+    """The one list of predictors: label -> Hydra overrides, read from `conf/experiment/predictor/*.yaml` (the
+    group `+experiment=prediction_recall` sweeps). "mlp" is included only with `mlp_path` (it cannot run
+    without trained predictors)."""
+    from omegaconf import OmegaConf
+
+    out: dict[str, list[str]] = {}
+    for path in sorted(PREDICTOR_DIR.glob("*.yaml"), key=_predictor_order):
+        if path.stem == "mlp" and mlp_path is None:
+            continue
+        label = str(OmegaConf.load(path).get("label", path.stem))
+        out[label] = [f"+experiment/predictor={path.stem}"]
     if mlp_path is not None:
-        out["mlp"] = ["policy=mlp", f"prefetch.path={mlp_path}"]
+        out["mlp"].append(f"prefetch.path={mlp_path}")
     return out
+
+
+def predictor_labels() -> list[str]:
+    """Every predictor's label (mlp included), in the figures' order."""
+    return list(predictors(mlp_path="DIR"))
+
+
+def _predictor_order(path: Path) -> tuple[int, str]:
+    """ar_binary, qhs_*, mlp, oracle: weakest signal first, the upper bound last."""
+    rank = {"ar_binary": 0, "mlp": 2, "oracle": 3}
+    return rank.get(path.stem, 1), path.stem
 
 
 def _layers(value: Any) -> dict[int, float]:
@@ -55,8 +69,10 @@ def recall_by_layer(rows: pd.DataFrame, label_col: str = "predictor") -> pd.Data
     return table.astype(float)
 
 
-def plot_recall_by_layer(table: pd.DataFrame, path_stem: str | Path, title: str | None = None) -> list[Path]:
-    """Line plot of `recall_by_layer`'s table (x: layer, y: top-k recall); writes `<stem>.png` and `<stem>.pdf`.
+def plot_recall_by_layer(tables: pd.DataFrame | Mapping[str, pd.DataFrame], path_stem: str | Path,
+                         title: str | None = None) -> list[Path]:
+    """Line plot of `recall_by_layer`'s table (x: layer, y: top-k recall), one panel per model when given
+    {model: table}; writes `<stem>.png` and `<stem>.pdf`.
 
     Uses a bare Agg figure (no pyplot), so it neither needs a display nor changes the caller's backend.
     """
@@ -64,21 +80,26 @@ def plot_recall_by_layer(table: pd.DataFrame, path_stem: str | Path, title: str 
 
     from moelab.analysis.figures import new_figure, save
 
-    layers = [c for c in table.columns if c != "mean"]
-    fig = new_figure(7.2, 4.0)
-    ax = fig.add_subplot()
-    for label, values in table[layers].iterrows():
-        ax.plot(layers, values.to_numpy(dtype=float), marker="o", label=str(label))
-    ax.set_xlabel("decoder layer")
-    ax.set_ylabel("top-k recall")
-    ax.set_ylim(0.0, 1.05)
-    if len(layers) <= 16:
-        ax.set_xticks(layers)
-    else:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(True, alpha=0.3)
-    ax.set_title(title or "Expert prediction: top-k recall per layer")
-    fig.legend(loc="outside right upper", fontsize="small")
+    panels = {"": tables} if isinstance(tables, pd.DataFrame) else dict(tables)
+    fig = new_figure(3.0 + 4.2 * len(panels), 4.0)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (name, table) in zip(axes, panels.items()):
+        layers = [c for c in table.columns if c != "mean"]
+        for label, values in table[layers].iterrows():
+            ax.plot(layers, values.to_numpy(dtype=float), marker="o", label=str(label))
+        ax.set_xlabel("decoder layer")
+        ax.set_ylim(0.0, 1.05)
+        if len(layers) <= 16:
+            ax.set_xticks(layers)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        if name:
+            ax.set_title(name, fontsize="medium")
+    axes[0].set_ylabel("top-k recall")
+    fig.suptitle(title or "Expert prediction: top-k recall per layer", fontsize="medium")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
     return save(fig, path_stem)
 
 
