@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
-from moelab.decoding.base import Generation, StepTiming, forward_step, now_ms
+from moelab.decoding.base import Decoding, Generation, StepTiming, forward_step, now_ms
 from moelab.models.hf_compat import cache_kwargs
 from moelab.models.hub import locate, weight_dir
 from moelab.models.offloaded import OffloadedModel
@@ -72,8 +72,9 @@ def crop_to(cache: DynamicCache, length: int) -> None:
 
 
 @register("decoding", "speculative")
-class SpeculativeDecoding:
+class SpeculativeDecoding(Decoding):
     name = "speculative"
+    follows_script = True
 
     def __init__(
         self,
@@ -139,7 +140,7 @@ class SpeculativeDecoding:
         self.reset_stats()
         gen = Generation([])
         rng = torch.Generator(device=om.device).manual_seed(self.seed)
-        eos = getattr(om.tokenizer, "eos_token_id", None)
+        eos = om.tokenizer.eos_token_id
         self._next = iter(self.script) if self.script is not None else None
         for b, (prompt,) in enumerate(batches):
             out = self._one(om, draft, b, list(prompt), max_new_tokens, gen, keep_logits, on_tokens, rng, eos)

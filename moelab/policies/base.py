@@ -93,6 +93,10 @@ class CachePolicy:
         and `set_future`. Placements that are static (Fiddler's hot set) start from their state, not from cold."""
         return ()
 
+    def stats(self) -> dict[str, int]:
+        """Results-row columns about the timed pass (e.g. evictions of hot experts); none by default."""
+        return {}
+
 
 class Balancer:
     """Decides, per needed expert, whether it runs on the GPU (cached or fetched) or on the CPU."""
@@ -115,3 +119,7 @@ class Balancer:
         self, layer: int, experts: Sequence[int], counts: Sequence[int], cache: CacheView
     ) -> dict[int, Placement]:
         raise NotImplementedError
+
+    def stats(self) -> dict[str, float]:
+        """Results-row columns about the timed pass (e.g. solver counts); none by default."""
+        return {}
