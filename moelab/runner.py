@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from moelab import config_check
 from moelab.core import registry
+from moelab.core.context import RunContext
 from moelab.core.errors import ConfigError, MoelabError
 from moelab.core.types import Execution
 from moelab.decoding.base import Decoding
@@ -43,7 +44,7 @@ from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available
 from moelab.offload.cpu_worker import parse_cpu_dtype
 from moelab.offload.executor import OffloadExecutor
 from moelab.offload.kernels import ExpertKernel
-from moelab.policies.base import Balancer, CachePolicy, PrefetchPolicy
+from moelab.policies.base import Balancer, CachePolicy, PrefetchPolicy, run_context
 from moelab.results import preflight, safekeeping
 from moelab.results.label import policy_label
 from moelab.results.row import base_row, device_name
@@ -164,14 +165,15 @@ def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dty
                   execution: Execution | None = None) -> OffloadExecutor:
     kernels = {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}
     dtype = parse_cpu_dtype(cpu_dtype)
+    costs = None
     if comps.balancer.needs_costs:  # measured once per machine, model shape and CPU dtype, then cached
         from moelab.offload.calibrate import cost_model
 
-        comps.balancer.set_costs(cost_model(om, cpu_dtype=dtype))
-    comps.cache.share(comps.prefetch)  # caches and balancers that rank by the prefetcher's utility read it
-    comps.balancer.share(comps.prefetch)
+        costs = cost_model(om, cpu_dtype=dtype)
+    # caches and balancers that rank by the prefetcher's utility read its estimator from the context
+    context = run_context(om.spec, budget.experts, comps.prefetch, costs)
     executor = OffloadExecutor(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
-                               comps.balancer, cpu_dtype=dtype, execution=execution)
+                               comps.balancer, cpu_dtype=dtype, execution=execution, context=context)
     if comps.balancer.uses_cpu:
         executor.cpu_worker.prepare()  # float copies of the weights, if cpu_dtype asks for them, made untimed
     return executor
@@ -271,7 +273,8 @@ class RunRecipe:
         reserve = (nonexpert_bytes(plan) + GIB) / GIB if device.type == "cuda" else 0.0
         budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
         check_host_memory(plan, budget, device, loaded=MODELS.holds(c["model"], device))
-        comps.cache.reset(plan.spec, budget.experts)  # cache params that depend on model and budget, checked early
+        comps.cache.bind(RunContext(plan.spec, budget.experts))  # cache params that depend on model and budget,
+        # checked before any weight is read
         wl, dec = comps.workload, comps.decoding
         tok_dir = tokenizer_dir(plan.source) if plan.source is not None else None
         wl.prepare(load_tokenizer(tok_dir, plan.skeleton.config).encode)  # length filters: tokenizer, no weights
@@ -351,9 +354,7 @@ class RunRecipe:
                 comps.decoding.generate(self.om, self.batches, self.new_tokens)
             future = list(executor.counters.routing)
             executor.reset()
-            for part in (comps.prefetch, comps.cache):
-                if part.needs_future:
-                    part.set_future(future)
+            executor.bind(executor.context.with_future(future))
         executor.preload(comps.cache.preload())  # not in the run's transfers
 
     def timed(self) -> None:
