@@ -34,13 +34,13 @@ class AutoregressiveDecoding(Decoding):
         pad = om.tokenizer.pad_token_id or 0
         for b, prompts in enumerate(batches):
             ids, mask = left_pad(prompts, pad, om.device)
-            cache = DynamicCache(config=om.config)
+            kv = DynamicCache(config=om.config)
             produced = [[] for _ in prompts]
             done = [False] * len(prompts)
             phase = "prefill"
             for _ in range(max_new_tokens):
                 t0 = now_ms()
-                logits, step_no = forward_step(om, phase, ids, mask, cache)
+                logits, step_no = forward_step(om, phase, ids, mask, kv)
                 logits = logits[:, -1]
                 nxt = logits.argmax(dim=-1)
                 tokens = nxt.tolist()

@@ -94,7 +94,7 @@ def forward_step(
     phase: str,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    cache: Any,
+    kv: Any,
 ) -> tuple[torch.Tensor, int]:
     """One model forward inside an executor step; returns logits [batch, seq, vocab] and the step number."""
     position_ids = None
@@ -104,7 +104,7 @@ def forward_step(
     try:
         out = om.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            use_cache=True, **cache_kwargs(om.model, cache),
+            use_cache=True, **cache_kwargs(om.model, kv),
         )
     finally:
         om.backend.end_step()
