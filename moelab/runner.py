@@ -1,8 +1,10 @@
 """The one recipe: a resolved config in, one measured run (a results row) out.
 
-Order matters: every component name and the budget are checked before any weight is read,
-the un-offloaded reference runs first (it also warms up the kernels), then a short warm-up
-through the executor, then the timed generation, then accuracy passes.
+`RunRecipe` runs it as named passes, in this order: setup (every component name and the budget are checked
+before any weight is read, then the model is loaded), reference (the un-offloaded model; it also warms up the
+kernels), warm-up (a short generation through the executor), profile (only for policies that need the coming
+routing), timed, accuracy (perplexity), row, tasks (lm-evaluation-harness, last). `run(cfg)` drives it and
+records the row, also when a pass fails.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from tqdm.auto import tqdm
 
 from moelab import config_check
 from moelab.core import registry
+from moelab.core.context import RunContext
 from moelab.core.errors import ConfigError, MoelabError
 from moelab.core.types import Execution
+from moelab.decoding.base import Decoding
 from moelab.eval.tasks import check_tasks, score_tasks
 from moelab.interrupts import Interrupts
+from moelab.loggers.base import Logger
 from moelab.metrics.perplexity import corpus_perplexity
 from moelab.metrics.summary import run_metrics, step_table, token_agreement, verify_metrics
 from moelab.models.build import ModelPlan, materialize, plan_model
@@ -39,11 +44,14 @@ from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available
 from moelab.offload.cpu_worker import parse_cpu_dtype
 from moelab.offload.executor import OffloadExecutor
 from moelab.offload.kernels import ExpertKernel
+from moelab.policies.base import Balancer, CachePolicy, PrefetchPolicy, run_context
 from moelab.results import preflight, safekeeping
 from moelab.results.label import policy_label
 from moelab.results.row import base_row, device_name
 from moelab.results.schema import check_row
+from moelab.routing.base import Routing
 from moelab.routing.trace import TracingBackend
+from moelab.workloads.base import Workload
 
 NAN = float("nan")
 COMPONENT_KINDS = ("prefetch", "cache", "balancer", "decoding", "workload", "logger", "routing")
@@ -51,13 +59,15 @@ COMPONENT_KINDS = ("prefetch", "cache", "balancer", "decoding", "workload", "log
 
 @dataclass
 class Components:
-    prefetch: Any
-    cache: Any
-    balancer: Any
-    decoding: Any
-    workload: Any
-    logger: Any
-    routing: Any
+    """One instance of every registered kind a run is made of (each a subclass of its kind's base)."""
+
+    prefetch: PrefetchPolicy
+    cache: CachePolicy
+    balancer: Balancer
+    decoding: Decoding
+    workload: Workload
+    logger: Logger
+    routing: Routing
 
 
 def build_components(cfg: Mapping[str, Any]) -> Components:
@@ -155,14 +165,15 @@ def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dty
                   execution: Execution | None = None) -> OffloadExecutor:
     kernels = {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}
     dtype = parse_cpu_dtype(cpu_dtype)
+    costs = None
     if comps.balancer.needs_costs:  # measured once per machine, model shape and CPU dtype, then cached
         from moelab.offload.calibrate import cost_model
 
-        comps.balancer.set_costs(cost_model(om, cpu_dtype=dtype))
-    comps.cache.share(comps.prefetch)  # caches and balancers that rank by the prefetcher's utility read it
-    comps.balancer.share(comps.prefetch)
+        costs = cost_model(om, cpu_dtype=dtype)
+    # caches and balancers that rank by the prefetcher's utility read its estimator from the context
+    context = run_context(om.spec, budget.experts, comps.prefetch, costs)
     executor = OffloadExecutor(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
-                               comps.balancer, cpu_dtype=dtype, execution=execution)
+                               comps.balancer, cpu_dtype=dtype, execution=execution, context=context)
     if comps.balancer.uses_cpu:
         executor.cpu_worker.prepare()  # float copies of the weights, if cpu_dtype asks for them, made untimed
     return executor
@@ -215,21 +226,46 @@ def _reference_fits(om: OffloadedModel) -> bool:
     return om.store.total_bytes < free_device_bytes(om.device) - GIB
 
 
-def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """Execute one run and record it (also when it fails); returns the results row."""
-    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    experiment = str(c.get("experiment_name", "default"))
-    exp_dir = preflight.check_results(c)  # a row that could not be stored: refuse before measuring anything
-    row = base_row(c, experiment)
-    logger = None
-    steps = None
-    t_start = time.time()
-    try:
+class RunRecipe:
+    """One measured run as named passes over one loaded model, in the order `execute` gives them.
+
+    Each pass reads what the earlier ones left on the recipe (the components, the model, the executor, the
+    batches) and adds its columns to `row`. Nothing is measured before `setup` has checked every name, the
+    budget and the host memory; the reference runs un-offloaded before anything goes through the executor.
+    """
+
+    def __init__(self, cfg: Mapping[str, Any], experiment: str, row: dict[str, Any]):
+        self.cfg: Mapping[str, Any] = cfg
+        self.experiment = experiment
+        self.row = row
+        self.logger: Any = None  # set as soon as the components are built: a failed run is logged by it too
+        self.steps: Any = None  # the timed pass's step table, kept also when a later pass fails
+        self.ref_tokens: list[list[int]] | None = None
+        self.ppl_ref = NAN
+
+    def execute(self) -> dict[str, Any]:
+        """Every pass, in order; returns the finished row."""
+        self.setup()
+        self.reference()
+        self.warm_up()
+        self.profile()
+        self.timed()
+        self.accuracy()
+        self.fill_row()
+        self.tasks()
+        check_row(self.row)
+        return self.row
+
+    # ------------------------------------------------------------------ setup: checks first, then weights
+    def setup(self) -> None:
+        """Check the config, build the components, plan the model and the budget, then load the model and
+        build the executor and the run's batches."""
+        c, row = self.cfg, self.row
         config_check.check_config(c)
-        c = choose_draft(c)  # speculative decoding's draft: explicit, the model's default, or random (noted)
-        comps = build_components(c)
+        c = self.cfg = choose_draft(c)  # speculative decoding's draft: explicit, the model's default, or random
+        comps = self.comps = build_components(c)
         execution = Execution.from_config(c.get("execution"))
-        logger = comps.logger
+        self.logger = comps.logger
         device = resolve_device(str(c.get("device", "auto")))
         row.update(device=device.type, device_name=device_name(device))
         plan = plan_model(c["model"], device)
@@ -237,74 +273,93 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         reserve = (nonexpert_bytes(plan) + GIB) / GIB if device.type == "cuda" else 0.0
         budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
         check_host_memory(plan, budget, device, loaded=MODELS.holds(c["model"], device))
-        comps.cache.reset(plan.spec, budget.experts)  # cache params that depend on model and budget, checked early
+        comps.cache.bind(RunContext(plan.spec, budget.experts))  # cache params that depend on model and budget,
+        # checked before any weight is read
         wl, dec = comps.workload, comps.decoding
         tok_dir = tokenizer_dir(plan.source) if plan.source is not None else None
         wl.prepare(load_tokenizer(tok_dir, plan.skeleton.config).encode)  # length filters: tokenizer, no weights
         config_check.check_planned(c, comps, plan.spec)  # after prepare: a dataset workload's prompts are known
-        eval_tasks = check_tasks(c)  # lm-eval task names, checked before any weight is read
+        self.eval_tasks = check_tasks(c)  # lm-eval task names, checked before any weight is read
         row.update(
             policy=policy_label(c), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
-            balancer=c["balancer"]["name"], decoding=c["decoding"]["name"], gamma=getattr(dec, "gamma", None),
+            balancer=c["balancer"]["name"], decoding=c["decoding"]["name"], gamma=dec.gamma,
             speculative_execution=execution.speculates, speculative_mode=execution.speculative,
             eviction=execution.eviction, compute_order=execution.compute_order, cpu_dtype=str(c.get("cpu_dtype")),
             workload=c["workload"]["name"], prompts=len(wl.prompts), new_tokens=wl.max_new_tokens,
             batch=wl.batch_size, seed=int(c.get("seed", 0)), **budget.row(plan.spec), **wl.describe(),
         )
         torch.manual_seed(int(c.get("seed", 0)))
-        om = MODELS.get(c["model"], device, plan)
+        om = self.om = MODELS.get(c["model"], device, plan)
         row.update(model_row(om))
-        executor = make_executor(om, budget, comps, c.get("cpu_dtype"), execution)
-        routing = comps.routing
-        if routing.replays:
-            if c.get("record_trace"):
-                raise ConfigError("record_trace=true records a model's own routing; it cannot be combined with "
-                                  "routing=replay")
-            batches, new_tokens = routing.workload(int(om.config.vocab_size))
-            ppl_ids: list[list[int]] = []  # the reference text's routing is not in the trace
-            script = routing.speculation()
-            if script and not hasattr(dec, "follow"):
-                raise ConfigError(f"the trace {routing.path} was recorded with speculative decoding: replay it with "
-                                  "decoding=speculative")
-            if hasattr(dec, "follow"):
-                if not script:
-                    raise ConfigError(f"the trace {routing.path} was recorded without speculative decoding: replay it "
-                                      "with decoding=autoregressive")
-                dec.follow(script)
-            row.update(replay_trace=str(routing.path), prompts=sum(len(b) for b in batches), new_tokens=new_tokens,
-                       batch=len(batches[0]))
-        else:
-            batches, new_tokens = wl.batches(om.tokenizer.encode), wl.max_new_tokens
-            ppl_ids = wl.ppl_ids(om.tokenizer.encode)
+        self.executor = make_executor(om, budget, comps, c.get("cpu_dtype"), execution)
+        self.batches, self.new_tokens, self.ppl_ids = self._inputs()
 
-        want_ref = str(c.get("reference", "auto")).lower()
-        ref_tokens, ppl_ref = None, NAN
+    def _inputs(self) -> tuple[list[list[list[int]]], int, list[list[int]]]:
+        """Batches, new tokens per prompt and perplexity documents: the workload's, or a replayed trace's."""
+        routing, dec, om = self.comps.routing, self.comps.decoding, self.om
+        if not routing.replays:
+            wl = self.comps.workload
+            return wl.batches(om.tokenizer.encode), wl.max_new_tokens, wl.ppl_ids(om.tokenizer.encode)
+        if self.cfg.get("record_trace"):
+            raise ConfigError("record_trace=true records a model's own routing; it cannot be combined with "
+                              "routing=replay")
+        replayed = routing.workload(int(om.config.vocab_size))
+        assert replayed is not None  # a replaying routing always supplies its recording's inputs
+        batches, new_tokens = replayed
+        script = routing.speculation()
+        if script and not dec.follows_script:
+            raise ConfigError(f"the trace {routing.path} was recorded with speculative decoding: replay it with "
+                              "decoding=speculative")
+        if dec.follows_script:
+            if not script:
+                raise ConfigError(f"the trace {routing.path} was recorded without speculative decoding: replay it "
+                                  "with decoding=autoregressive")
+            dec.follow(script)
+        self.row.update(replay_trace=str(routing.path), prompts=sum(len(b) for b in batches),
+                        new_tokens=new_tokens, batch=len(batches[0]))
+        return batches, new_tokens, []  # the reference text's routing is not in the trace
+
+    # ------------------------------------------------------------------ the passes through the model
+    def reference(self) -> None:
+        """The un-offloaded model on the same prompts (when it fits or is asked for): the tokens and perplexity
+        the offloaded run is compared with, and its speed. It also warms up the kernels."""
+        om, dec = self.om, self.comps.decoding
+        want = str(self.cfg.get("reference", "auto")).lower()
         fits = _reference_fits(om)
-        if want_ref in ("true", "auto") and (want_ref == "true" or fits):
-            if fits:
-                om.reference.materialize()
-            with om.using(routing.wrap(om.reference, om)):
-                ref_gen = dec.generate(om, batches, new_tokens)
-                ppl_ref = corpus_perplexity(om, ppl_ids)
-            ref_tokens = ref_gen.new_tokens
-            per_token = ref_gen.decode_ms_per_token()
-            if per_token:  # the un-offloaded model's speed, same prompts (its first steps include warm-up)
-                row["ref_tpot_median_ms"] = float(np.median(per_token))
-            om.reference.release()
+        if not (want in ("true", "auto") and (want == "true" or fits)):
+            return
+        if fits:
+            om.reference.materialize()
+        with om.using(self.comps.routing.wrap(om.reference, om)):
+            ref_gen = dec.generate(om, self.batches, self.new_tokens)
+            self.ppl_ref = corpus_perplexity(om, self.ppl_ids)
+        self.ref_tokens = ref_gen.new_tokens
+        per_token = ref_gen.decode_ms_per_token()
+        if per_token:  # the un-offloaded model's speed, same prompts (its first steps include warm-up)
+            self.row["ref_tpot_median_ms"] = float(np.median(per_token))
+        om.reference.release()
 
-        with through_executor(om, executor, comps):
-            dec.generate(om, batches[:1], min(2, new_tokens))  # warm-up, then forget it
-        executor.reset()
-        # the oracle, a static hot set profiled in-sample: a first pass records the routing the timed pass will have
+    def warm_up(self) -> None:
+        """A short generation through the executor, then forgotten."""
+        with through_executor(self.om, self.executor, self.comps):
+            self.comps.decoding.generate(self.om, self.batches[:1], min(2, self.new_tokens))
+        self.executor.reset()
+
+    def profile(self) -> None:
+        """For the oracle and a static hot set profiled in-sample: a first pass records the routing the timed
+        pass will have. Then the cache's preloaded experts (e.g. the hot set) are placed, untimed."""
+        comps, executor = self.comps, self.executor
         if comps.prefetch.needs_future or comps.cache.needs_future:
-            with through_executor(om, executor, comps):
-                dec.generate(om, batches, new_tokens)
+            with through_executor(self.om, executor, comps):
+                comps.decoding.generate(self.om, self.batches, self.new_tokens)
             future = list(executor.counters.routing)
             executor.reset()
-            for part in (comps.prefetch, comps.cache):
-                if part.needs_future:
-                    part.set_future(future)
-        executor.preload(comps.cache.preload())  # e.g. the static hot set; untimed, not in the run's transfers
+            executor.bind(executor.context.with_future(future))
+        executor.preload(comps.cache.preload())  # not in the run's transfers
+
+    def timed(self) -> None:
+        """The measured generation (optionally recording a trace), then its metrics from the timeline."""
+        c, om, executor, comps, row = self.cfg, self.om, self.executor, self.comps, self.row
         tracers: list[TracingBackend] = []
 
         def make_tracer(backend: Any) -> TracingBackend:
@@ -312,38 +367,62 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             return tracers[-1]
 
         with through_executor(om, executor, comps, make_tracer if c.get("record_trace") else None):
-            total = sum(len(b) for b in batches) * new_tokens
+            total = sum(len(b) for b in self.batches) * self.new_tokens
             with tqdm(total=total, desc=f"run {row['run_id']}", unit="tok", disable=not c.get("progress", True),
                       leave=False) as bar:
-                gen = dec.generate(om, batches, new_tokens, on_tokens=bar.update)
-        for part in (dec, comps.balancer, comps.cache):  # acceptance of the timed pass, solver counts, hot evictions
-            if hasattr(part, "stats"):
-                row.update(part.stats())
-        tracer = tracers[0] if tracers else None
-        if tracer is not None:
-            tracer.close()
-            row["trace_path"] = str(save_trace(tracer, gen, om, batches, new_tokens, c, experiment, row["run_id"]))
+                gen = self.gen = comps.decoding.generate(om, self.batches, self.new_tokens, on_tokens=bar.update)
+        for part in (comps.decoding, comps.balancer, comps.cache):  # acceptance, solver counts, hot evictions
+            row.update(part.stats())
+        if tracers:
+            tracers[0].close()
+            row["trace_path"] = str(save_trace(tracers[0], gen, om, self.batches, self.new_tokens, c,
+                                               self.experiment, row["run_id"]))
         timeline = executor.finish()
-        steps = step_table(gen, timeline)
-        metrics = run_metrics(gen, steps, timeline, executor.counters, executor.transfers.count,
+        self.steps = step_table(gen, timeline)
+        metrics = run_metrics(gen, self.steps, timeline, executor.counters, executor.transfers.count,
                               executor.capacity, om.spec.expert_bytes, row.get("ref_tpot_median_ms"))
         metrics.update(executor.observers.row(), **verify_metrics(gen, executor.counters),
                        cpu_ms=executor.cpu_worker.busy_ms, cpu_wait_ms=executor.cpu_worker.wait_ms)
+        self.metrics = metrics
         executor.reset()
-        with through_executor(om, executor, comps):
-            ppl = corpus_perplexity(om, ppl_ids)
-        row.update(metrics)
-        row.update(
-            token_agreement=token_agreement(gen.new_tokens, ref_tokens) if ref_tokens is not None else NAN,
-            ppl=ppl, ppl_ref=ppl_ref, ppl_delta=ppl - ppl_ref, ppl_docs=len(ppl_ids),
+
+    def accuracy(self) -> None:
+        """Perplexity of the workload's reference text through the executor."""
+        with through_executor(self.om, self.executor, self.comps):
+            self.ppl = corpus_perplexity(self.om, self.ppl_ids)
+
+    def fill_row(self) -> None:
+        """The timed pass's metrics and the accuracy columns, compared with the reference."""
+        gen, ppl_ids = self.gen, self.ppl_ids
+        self.row.update(self.metrics)
+        self.row.update(
+            token_agreement=token_agreement(gen.new_tokens, self.ref_tokens) if self.ref_tokens is not None
+            else NAN,
+            ppl=self.ppl, ppl_ref=self.ppl_ref, ppl_delta=self.ppl - self.ppl_ref, ppl_docs=len(ppl_ids),
             ppl_tokens_scored=sum(max(0, len(d) - 1) for d in ppl_ids),
-            output_sample=om.tokenizer.decode(gen.new_tokens[0])[:200] if gen.new_tokens else "",
+            output_sample=self.om.tokenizer.decode(gen.new_tokens[0])[:200] if gen.new_tokens else "",
             status="ok",
         )
-        if eval_tasks:  # task scores (lm-evaluation-harness) through the executor, last: if a task fails, the
-            with through_executor(om, executor, comps):  # row still holds every measurement above
-                row.update(score_tasks(om, dec, c, eval_tasks, row["run_id"], experiment))
-        check_row(row)
+
+    def tasks(self) -> None:
+        """lm-evaluation-harness task scores through the executor, last: if a task fails, the row still holds
+        every measurement above."""
+        if self.eval_tasks:
+            with through_executor(self.om, self.executor, self.comps):
+                self.row.update(score_tasks(self.om, self.comps.decoding, self.cfg, self.eval_tasks,
+                                            self.row["run_id"], self.experiment))
+
+
+def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """Execute one run (a `RunRecipe`) and record it, also when it fails; returns the results row."""
+    c = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    experiment = str(c.get("experiment_name", "default"))
+    exp_dir = preflight.check_results(c)  # a row that could not be stored: refuse before measuring anything
+    recipe = RunRecipe(c, experiment, base_row(c, experiment))
+    row = recipe.row
+    t_start = time.time()
+    try:
+        recipe.execute()
     except BaseException as e:
         row["status"] = "failed" if not isinstance(e, KeyboardInterrupt) else "interrupted"
         row["error"] = f"{type(e).__name__}: {e}"
@@ -352,7 +431,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
         raise
     finally:
         row["wall_s"] = time.time() - t_start
-        stored = _record(row, steps, logger, c, exp_dir)
+        stored = _record(row, recipe.steps, recipe.logger, recipe.cfg, exp_dir)
     safekeeping.require_stored(stored)  # a finished run whose row went to a fallback file is an error
     return row
 

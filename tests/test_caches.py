@@ -31,6 +31,7 @@ def replay(om, capacity: int, cache: str, seq: list[int], prefetch: str = "none"
     first pass over the same sequence, as the runner gives it."""
     ex = make_executor(om, capacity, prefetch=prefetch)
     ex.cache_policy = registry.build("cache", {"name": cache, **params})
+    ex.bind(ex.context)
     ex.reset()
     layer = om.spec.moe_layers[0]
     hidden = torch.randn(1, om.config.hidden_size, generator=torch.Generator().manual_seed(0))
@@ -44,9 +45,7 @@ def replay(om, capacity: int, cache: str, seq: list[int], prefetch: str = "none"
         run()
         future = list(ex.counters.routing)
         ex.reset()
-        for part in (ex.prefetch, ex.cache_policy):
-            if part.needs_future:
-                part.set_future(future)
+        ex.bind(ex.context.with_future(future))
     run()
     return ex, {k.expert for k in ex.pool.table}
 
@@ -110,7 +109,7 @@ def test_new_caches_keep_inference_exact(cache):
             DEC.generate(om, batches, 4)
         future = list(ex.counters.routing)
         ex.reset()
-        ex.cache_policy.set_future(future)
+        ex.bind(ex.context.with_future(future))
     with om.using(ex):
         out = DEC.generate(om, batches, 4, keep_logits=True)
     assert out.new_tokens == ref.new_tokens

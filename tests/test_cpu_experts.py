@@ -3,6 +3,8 @@ device), placed by the measured cost model (Fiddler's rule), and the calibration
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -26,7 +28,7 @@ def test_cpu_experts_give_the_models_own_output(arch):
     batches = [[p] for p in random_prompts(3, model.config.vocab_size)]
     ref = DEC.generate(PlainModel(model, om.device), batches, 5, keep_logits=True)
     ex = make_executor(om, om.spec.top_k, balancer="cpu_cold")
-    ex.balancer.set_costs(costs(cpu_ms=0.01))  # the CPU always wins: every expert not resident runs there
+    ex.bind(replace(ex.context, costs=costs(cpu_ms=0.01)))  # the CPU always wins: every expert not resident runs there
     with om.using(ex):
         out = DEC.generate(om, batches, 5, keep_logits=True)
     assert out.new_tokens == ref.new_tokens
@@ -41,7 +43,7 @@ def test_cpu_cold_follows_the_cost_model():
     om = offloaded_copy(model)
     batches = [[p] for p in random_prompts(2, 256)]
     slow_cpu = make_executor(om, 4, balancer="cpu_cold")
-    slow_cpu.balancer.set_costs(costs(cpu_ms=50.0))
+    slow_cpu.bind(replace(slow_cpu.context, costs=costs(cpu_ms=50.0)))
     with om.using(slow_cpu):
         DEC.generate(om, batches, 4)
     assert slow_cpu.counters.cpu_uses == 0 and slow_cpu.transfers.count["demand"] > 0

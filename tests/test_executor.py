@@ -94,6 +94,7 @@ class FixedPrefetch(PrefetchPolicy):
 def test_prefetch_queue_fills_slots_and_counts_use_and_waste():
     om, ex = setup(capacity=4)
     ex.prefetch = FixedPrefetch([6, 7])
+    ex.bind(ex.context)
     ex.reset()
     layer_call(ex, 0, [[0, 1]])  # demand 0, 1; at the step's end prefetch 6, 7 into the free slots
     assert {ExpertKey(0, e) for e in (0, 1, 6, 7)} == set(ex.pool.table)

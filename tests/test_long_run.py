@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from moelab.core.context import RunContext
 from moelab.core.cost import CostModel
 from moelab.core.registry import build
 from moelab.core.types import ExpertKey, PrefetchRequest
@@ -42,12 +43,9 @@ class RandomPrefetch(PrefetchPolicy):
                 for _ in range(self.rng.randrange(4))]
 
 
-def cpu_balancer():
-    """Fiddler's rule with a stated cost model: an expert with one token runs on the CPU, more are fetched."""
-    balancer = build("balancer", {"name": "cpu_cold"})
-    balancer.set_costs(CostModel(expert_bytes=1, h2d_ms=1.0, gpu=[(1, 0.1), (64, 0.2)], cpu=[(1, 0.8), (2, 1.5),
-                                                                                         (64, 40.0)]))
-    return balancer
+# Fiddler's rule (balancer=cpu_cold) with a stated cost model: an expert with one token runs on the CPU, more are
+# fetched
+COSTS = CostModel(expert_bytes=1, h2d_ms=1.0, gpu=[(1, 0.1), (64, 0.2)], cpu=[(1, 0.8), (2, 1.5), (64, 40.0)])
 
 
 def rss_bytes() -> int:
@@ -68,8 +66,9 @@ def test_thousands_of_decode_steps_at_the_minimum_cache_stay_exact_and_flat(one_
     plain = tiny_hf_model("mixtral", max_position_embeddings=1024)
     om = offloaded_copy(plain)
     ex = OffloadExecutor(om.store, {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}, om.spec,
-                         om.spec.top_k, om.device, RandomPrefetch(), build("cache", {"name": "lru"}), cpu_balancer(),
-                         debug=True)
+                         om.spec.top_k, om.device, RandomPrefetch(), build("cache", {"name": "lru"}),
+                         build("balancer", {"name": "cpu_cold"}), debug=True,
+                         context=RunContext(om.spec, om.spec.top_k, COSTS))
     assert ex.slot_guard is not None and ex.capacity == om.spec.top_k  # the smallest cache a layer can run with
     reference = PlainModel(plain, om.device)
     rss, steps, t0 = [], 0, time.time()

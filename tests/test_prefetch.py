@@ -21,8 +21,8 @@ DEC = AutoregressiveDecoding()
 class RecordingQhs(QhsPrefetch):
     """qhs that also keeps every prediction it was shown."""
 
-    def reset(self, spec):
-        super().reset(spec)
+    def reset(self):
+        super().reset()
         self.seen = []
 
     def on_prediction(self, prediction, cache):
@@ -33,6 +33,7 @@ class RecordingQhs(QhsPrefetch):
 def executor_with(om, capacity, policy, **execution):
     ex = make_executor(om, capacity, **execution)
     ex.prefetch = policy
+    ex.bind(ex.context)
     ex.reset()
     return ex
 
@@ -44,7 +45,7 @@ def generate(om, ex, batches, n, keep_logits=False, future=None):
             DEC.generate(om, batches, n)
         routing = list(ex.counters.routing)
         ex.reset()
-        ex.prefetch.set_future(routing)
+        ex.bind(ex.context.with_future(routing))
     mode = ex.execution.speculative
     look = Lookahead(om, ex.prefetch.lookahead, ex, keep_router_logits=mode == "router",
                      predicted_logits=mode == "predicted") if ex.prefetch.lookahead or ex.execution.speculates else None

@@ -40,3 +40,22 @@ def test_every_component_has_a_yaml_file():
     for kind, group in groups.items():
         for name in registry.names(kind):
             assert (conf / group / f"{name}.yaml").exists(), f"conf/{group}/{name}.yaml missing"
+
+
+@pytest.mark.parametrize("kind", sorted(registry.KIND_PACKAGES))
+def test_a_class_that_is_not_of_its_kind_is_refused(kind):
+    """Registering checks the kind's base class, so a wrong class fails at import, naming the base it lacks."""
+    class NotAComponent:
+        pass
+
+    with pytest.raises(TypeError) as e:
+        registry.register(kind, "not_a_component")(NotAComponent)
+    base = registry.base_class(kind)
+    assert f"{base.__module__}.{base.__qualname__}" in str(e.value) and "'not_a_component'" in str(e.value)
+    assert "not_a_component" not in registry.names(kind)
+
+
+def test_every_registered_class_derives_from_its_kind_base():
+    for kind in registry.KIND_PACKAGES:
+        for name in registry.names(kind):
+            assert issubclass(registry.get(kind, name), registry.base_class(kind)), (kind, name)

@@ -9,11 +9,13 @@ import os
 import random
 import subprocess
 import sys
+from dataclasses import replace
 
 import pandas as pd
 import pytest
 
 from moelab.core import registry
+from moelab.core.context import RunContext
 from moelab.core.cost import CostModel
 from moelab.core.types import CacheView, ExpertKey, LayerCall, ModelSpec, Placement
 from moelab.decoding.autoregressive import AutoregressiveDecoding
@@ -21,6 +23,7 @@ from moelab.decoding.speculative import SpeculativeDecoding
 from moelab.models.plain import PlainModel
 from moelab.observers.spac_signals import SignalComparison
 from moelab.policies.balance.spac import best_split_exact, best_split_greedy, split_cost
+from moelab.policies.base import run_context
 from moelab.policies.utility import UtilityEstimator
 from tests.conftest import ROOT, make_executor, offloaded_copy, random_prompts, tiny_hf_model
 from tests.test_cli import run_cli, runs
@@ -71,9 +74,10 @@ def test_top_merge_equals_sorting_every_key(mode):
 def test_prefetch_and_eviction_read_one_utility_space():
     prefetch = registry.build("prefetch", {"name": "spac", "mode": "ema", "beta": 0.0})
     cache = registry.build("cache", {"name": "utility"})
-    cache.share(prefetch)
-    prefetch.reset(SPEC)
-    cache.reset(SPEC, 4)
+    ctx = run_context(SPEC, 4, prefetch)
+    for part in (prefetch, cache):
+        part.bind(ctx)
+        part.reset()
     assert cache.estimator is prefetch.estimator
     from moelab.core.types import RoutingEvent
 
@@ -115,10 +119,11 @@ def test_cpu_path_fixed_cost_keeps_small_experts_on_the_gpu():
     view = CacheView(8)
     for name in ("spac", "cpu_cold"):
         bal = registry.build("balancer", {"name": name})
-        bal.reset(SPEC)
-        bal.set_costs(CostModel(1, 2.0, [(1, 0.1), (64, 0.4)], [(1, 1.0), (64, 30.0)]))
+        bal.bind(RunContext(SPEC, 8, CostModel(1, 2.0, [(1, 0.1), (64, 0.4)], [(1, 1.0), (64, 30.0)])))
+        bal.reset()
         assert bal.assign(0, [3], [1], view) == {3: Placement.CPU}
-        bal.set_costs(CostModel(1, 2.0, [(1, 0.1), (64, 0.4)], [(1, 1.0), (64, 30.0)], cpu_fixed_ms=1.5))
+        bal.bind(RunContext(SPEC, 8, CostModel(1, 2.0, [(1, 0.1), (64, 0.4)], [(1, 1.0), (64, 30.0)],
+                                               cpu_fixed_ms=1.5)))
         assert bal.assign(0, [3], [1], view) == {3: Placement.GPU}
 
 
@@ -129,15 +134,15 @@ def test_balancer_ties_put_hot_experts_on_the_gpu():
 
 def test_balancer_moves_the_cutoff_with_the_link():
     bal = registry.build("balancer", {"name": "spac"})
-    bal.reset(SPEC)
     view = CacheView(8)
     fast_link = CostModel(1, 0.5, [(1, 0.1), (64, 0.4)], [(1, 2.0), (64, 20.0)])
     slow_link = CostModel(1, 20.0, [(1, 0.1), (64, 0.4)], [(1, 2.0), (64, 20.0)])
-    bal.set_costs(fast_link)
+    bal.bind(RunContext(SPEC, 8, fast_link))
+    bal.reset()
     assert set(bal.assign(0, [1, 2, 3], [1, 1, 1], view).values()) == {Placement.GPU}
-    bal.set_costs(slow_link)
+    bal.bind(RunContext(SPEC, 8, slow_link))
     assert set(bal.assign(0, [1, 2, 3], [1, 1, 1], view).values()) == {Placement.CPU}
-    bal.set_costs(CostModel(1, 2.0, [(1, 0.1), (64, 0.4)], [(1, 2.0), (64, 20.0)]))
+    bal.bind(RunContext(SPEC, 8, CostModel(1, 2.0, [(1, 0.1), (64, 0.4)], [(1, 2.0), (64, 20.0)])))
     split = bal.assign(0, [1, 2, 3, 4], [1, 1, 1, 1], view)
     assert set(split.values()) == {Placement.GPU, Placement.CPU}  # both paths busy at once
 
@@ -148,9 +153,8 @@ def test_spac_through_the_executor_is_exact_and_uses_both_paths():
     batches = [[p] for p in random_prompts(3, 256)]
     ref = AutoregressiveDecoding().generate(PlainModel(model, om.device), batches, 10)
     ex = make_executor(om, 6, prefetch="spac", cache="utility", balancer="spac")
-    ex.cache_policy.share(ex.prefetch)
-    ex.balancer.share(ex.prefetch)
-    ex.balancer.set_costs(CostModel(1, 2.0, [(1, 0.1), (64, 0.4)], [(1, 1.5), (64, 30.0)]))
+    # the executor's context shares the prefetch's estimator with the cache and the balancer
+    ex.bind(replace(ex.context, costs=CostModel(1, 2.0, [(1, 0.1), (64, 0.4)], [(1, 1.5), (64, 30.0)])))
     ex.reset()
     sd = SpeculativeDecoding(gamma=3, draft={"config": {"hidden_size": 32, "intermediate_size": 64,
                                                         "num_hidden_layers": 1, "num_attention_heads": 2}})
@@ -163,7 +167,7 @@ def test_spac_through_the_executor_is_exact_and_uses_both_paths():
 
 def test_frequency_map_and_binary_signal_are_scored_on_the_same_passes():
     obs = SignalComparison()
-    obs.reset(None)
+    obs.reset()
     # layer 0: pass 1 first token used {1, 2}, whole pass {1, 2, 5 (x3)}; pass 2 used {2, 5}; step 3 is not one
     for step, choice in ((1, (1, 2, 5, 5, 5)), (2, (2, 5)), (3, (2, 3)), (4, (0, 1))):
         obs.on_layer(LayerCall(step, 0, "verify" if step != 3 else "decode", 2, choice, choice, False))

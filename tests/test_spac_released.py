@@ -96,8 +96,7 @@ def test_spac_released_through_the_executor_is_exact_and_splits_by_residency():
     batches = [[p] for p in random_prompts(2, 256)]
     ref = AutoregressiveDecoding().generate(PlainModel(model, om.device), batches, 6)
     ex = make_executor(om, 6, prefetch="spac_released", cache="spac_released", balancer="residency")
-    ex.cache_policy.share(ex.prefetch)
-    ex.reset()
+    ex.reset()  # the executor's run context shares the prefetch's engine with the cache
     sd = SpeculativeDecoding(gamma=3, draft={"config": {"hidden_size": 32, "intermediate_size": 64,
                                                         "num_hidden_layers": 1, "num_attention_heads": 2}})
     with om.using(ex):

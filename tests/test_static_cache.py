@@ -5,6 +5,7 @@ before the timed pass and kept, preload copies outside the run's transfer counts
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -53,7 +54,7 @@ def profile_then_preload(om, ex: OffloadExecutor, batches, n: int) -> None:
         DEC.generate(om, batches, n)
     routing = list(ex.counters.routing)
     ex.reset()
-    ex.cache_policy.set_future(routing)
+    ex.bind(ex.context.with_future(routing))
     ex.preload(ex.cache_policy.preload())
 
 
@@ -65,8 +66,8 @@ def test_static_keeps_inference_exact(balancer):
     ref = DEC.generate(PlainModel(model, om.device), batches, 6, keep_logits=True)
     ex = static_executor(om, 6, balancer=balancer)
     if balancer == "cpu_cold":  # a slow link: every cold expert runs on the CPU worker
-        ex.balancer.set_costs(CostModel(expert_bytes=1, h2d_ms=100.0, gpu=[(1, 0.1), (64, 0.4)],
-                                        cpu=[(1, 0.2), (64, 2.0)]))
+        ex.bind(replace(ex.context, costs=CostModel(expert_bytes=1, h2d_ms=100.0, gpu=[(1, 0.1), (64, 0.4)],
+                                                    cpu=[(1, 0.2), (64, 2.0)])))
     profile_then_preload(om, ex, batches, 6)
     with om.using(ex):
         out = DEC.generate(om, batches, 6, keep_logits=True)
@@ -182,7 +183,7 @@ def test_static_beats_lru_where_routing_is_skewed():
                           registry.build("cache", {"name": "lru"}), registry.build("balancer", {"name": "gpu_only"}))
     drive(lru, routing, hidden)
     ex = static_executor(om, capacity)
-    ex.cache_policy.set_future(routing)  # in-sample profile
+    ex.bind(ex.context.with_future(routing))  # in-sample profile
     ex.preload(ex.cache_policy.preload())
     drive(ex, routing, hidden)
     hot = ex.cache_policy.hot

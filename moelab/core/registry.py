@@ -1,7 +1,9 @@
 """Components registered by name, so that adding one is a single file plus a YAML file.
 
 Each kind maps to a package; every module in that package is imported the first time a
-name of that kind is looked up, so a new file registers itself by being there.
+name of that kind is looked up, so a new file registers itself by being there. Each kind also names the
+base class its components derive from: a class that does not is refused when it registers, not when a run
+first calls a method it lacks.
 """
 
 from __future__ import annotations
@@ -26,10 +28,31 @@ KIND_PACKAGES: dict[str, str] = {
     "observer": "moelab.observers",
 }
 
+# kind -> "module:Class" of the base every registered class of that kind must subclass (imported lazily: the
+# bases live beside their components, which import this module)
+KIND_BASES: dict[str, str] = {
+    "prefetch": "moelab.policies.base:PrefetchPolicy",
+    "cache": "moelab.policies.base:CachePolicy",
+    "balancer": "moelab.policies.base:Balancer",
+    "decoding": "moelab.decoding.base:Decoding",
+    "arch": "moelab.models.adapter:MoeAdapter",
+    "workload": "moelab.workloads.base:Workload",
+    "logger": "moelab.loggers.base:Logger",
+    "routing": "moelab.routing.base:Routing",
+    "observer": "moelab.observers.base:Observer",
+}
+
 _registry: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_PACKAGES}
 _discovered: set[str] = set()
 
 T = TypeVar("T")
+
+
+def base_class(kind: str) -> type:
+    """The class every component of `kind` must subclass."""
+    module, name = KIND_BASES[kind].split(":")
+    base: type = getattr(importlib.import_module(module), name)
+    return base
 
 
 def register(kind: str, name: str) -> Callable[[T], T]:
@@ -38,6 +61,9 @@ def register(kind: str, name: str) -> Callable[[T], T]:
         raise KeyError(f"unknown component kind {kind!r}; kinds: {', '.join(sorted(_registry))}")
 
     def deco(obj: T) -> T:
+        base = base_class(kind)
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise TypeError(f"{kind} {name!r}: {obj!r} must be a subclass of {base.__module__}.{base.__qualname__}")
         existing = _registry[kind].get(name)
         if existing is not None and existing is not obj:
             raise KeyError(f"{kind} {name!r} registered twice ({existing} and {obj})")

@@ -8,14 +8,13 @@ import torch
 from transformers import DynamicCache
 
 from moelab.core.registry import register
-from moelab.decoding.base import Generation, StepTiming, forward_step, left_pad, now_ms
+from moelab.decoding.base import Decoding, Generation, StepTiming, forward_step, left_pad, now_ms
 from moelab.models.offloaded import OffloadedModel
 
 
 @register("decoding", "autoregressive")
-class AutoregressiveDecoding:
+class AutoregressiveDecoding(Decoding):
     name = "autoregressive"
-    gamma = None
 
     def __init__(self, stop_at_eos: bool = False):
         self.stop_at_eos = stop_at_eos
@@ -31,17 +30,17 @@ class AutoregressiveDecoding:
     ) -> Generation:
         outputs: list[list[int]] = []
         gen = Generation(outputs)
-        eos = getattr(om.tokenizer, "eos_token_id", None)
-        pad = getattr(om.tokenizer, "pad_token_id", 0) or 0
+        eos = om.tokenizer.eos_token_id
+        pad = om.tokenizer.pad_token_id or 0
         for b, prompts in enumerate(batches):
             ids, mask = left_pad(prompts, pad, om.device)
-            cache = DynamicCache(config=om.config)
+            kv = DynamicCache(config=om.config)
             produced = [[] for _ in prompts]
             done = [False] * len(prompts)
             phase = "prefill"
             for _ in range(max_new_tokens):
                 t0 = now_ms()
-                logits, step_no = forward_step(om, phase, ids, mask, cache)
+                logits, step_no = forward_step(om, phase, ids, mask, kv)
                 logits = logits[:, -1]
                 nxt = logits.argmax(dim=-1)
                 tokens = nxt.tolist()

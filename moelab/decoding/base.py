@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from moelab.core.errors import ConfigError
 from moelab.models.hf_compat import cache_kwargs
 from moelab.models.offloaded import OffloadedModel
 
@@ -43,6 +46,36 @@ class Generation:
         return sum(s.new_tokens * s.rows for s in decode) / (wall / 1e3) if wall else float("nan")
 
 
+class Decoding(ABC):
+    """A decoding loop (registry kind `decoding`): turns batches of prompts into committed tokens through
+    whatever backend the model is using (reference, executor, replay)."""
+
+    name: str = ""
+    gamma: int | None = None  # draft tokens per verification pass (speculative decoding); None otherwise
+    # True for loops that can replay a recording's (proposed, accepted) token counts pass by pass (`follow`)
+    follows_script: bool = False
+
+    @abstractmethod
+    def generate(
+        self,
+        om: OffloadedModel,
+        batches: list[list[list[int]]],
+        max_new_tokens: int,
+        keep_logits: bool = False,
+        on_tokens: Callable[[int], None] | None = None,
+    ) -> Generation:
+        """Generate `max_new_tokens` per prompt, batch after batch; `on_tokens(n)` reports progress."""
+
+    def follow(self, script: list[tuple[int, int]]) -> None:
+        """Replay these (proposed, accepted) counts instead of deciding them (only if `follows_script`)."""
+        raise ConfigError(f"decoding={self.name} cannot follow a recorded speculation script; use "
+                          "decoding=speculative")
+
+    def stats(self) -> dict[str, float]:
+        """Results-row columns about the last timed pass (e.g. acceptance); none by default."""
+        return {}
+
+
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Batch prompts with padding on the left; no mask is needed for a batch of one."""
     width = max(len(p) for p in prompts)
@@ -61,7 +94,7 @@ def forward_step(
     phase: str,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    cache: Any,
+    kv: Any,
 ) -> tuple[torch.Tensor, int]:
     """One model forward inside an executor step; returns logits [batch, seq, vocab] and the step number."""
     position_ids = None
@@ -71,7 +104,7 @@ def forward_step(
     try:
         out = om.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            use_cache=True, **cache_kwargs(om.model, cache),
+            use_cache=True, **cache_kwargs(om.model, kv),
         )
     finally:
         om.backend.end_step()

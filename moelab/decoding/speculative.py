@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
-from moelab.decoding.base import Generation, StepTiming, forward_step, now_ms
+from moelab.decoding.base import Decoding, Generation, StepTiming, forward_step, now_ms
 from moelab.models.hf_compat import cache_kwargs
 from moelab.models.hub import locate, weight_dir
 from moelab.models.offloaded import OffloadedModel
@@ -64,16 +64,17 @@ class DraftModel:
         return model.to(om.device).eval().requires_grad_(False)
 
 
-def crop_to(cache: DynamicCache, length: int) -> None:
+def crop_to(kv: DynamicCache, length: int) -> None:
     """Keep the first `length` positions (a negative `crop` removes tokens in every transformers >= 5)."""
-    extra = cache.get_seq_length() - length
+    extra = kv.get_seq_length() - length
     if extra > 0:
-        cache.crop(-extra)
+        kv.crop(-extra)
 
 
 @register("decoding", "speculative")
-class SpeculativeDecoding:
+class SpeculativeDecoding(Decoding):
     name = "speculative"
+    follows_script = True
 
     def __init__(
         self,
@@ -139,7 +140,7 @@ class SpeculativeDecoding:
         self.reset_stats()
         gen = Generation([])
         rng = torch.Generator(device=om.device).manual_seed(self.seed)
-        eos = getattr(om.tokenizer, "eos_token_id", None)
+        eos = om.tokenizer.eos_token_id
         self._next = iter(self.script) if self.script is not None else None
         for b, (prompt,) in enumerate(batches):
             out = self._one(om, draft, b, list(prompt), max_new_tokens, gen, keep_logits, on_tokens, rng, eos)
@@ -148,9 +149,9 @@ class SpeculativeDecoding:
 
     def _one(self, om, draft, b, prompt, max_new, gen, keep_logits, on_tokens, rng, eos) -> list[int]:
         dev = om.device
-        tcache, dcache = DynamicCache(config=om.config), DynamicCache(config=draft.config)
+        target_kv, draft_kv = DynamicCache(config=om.config), DynamicCache(config=draft.config)
         t0 = now_ms()
-        logits, step = forward_step(om, "prefill", torch.tensor([prompt], device=dev), None, tcache)
+        logits, step = forward_step(om, "prefill", torch.tensor([prompt], device=dev), None, target_kv)
         first = self._pick(logits[0, -1:], rng)[0]
         gen.steps.append(StepTiming(step, "prefill", b, 1, len(prompt), 1, now_ms() - t0))
         if keep_logits:
@@ -159,18 +160,18 @@ class SpeculativeDecoding:
         out = [first]
         if on_tokens:
             on_tokens(1)
-        dlen = 0  # tokens of `seq` in the draft's cache
+        dlen = 0  # tokens of `seq` in the draft's KV cache
         while len(out) < max_new and not (self.stop_at_eos and eos is not None and out[-1] == eos):
             t0 = now_ms()
             g = min(self.gamma, max_new - len(out))
             forced = next(self._next, None) if self._next is not None else None
             if forced is not None:
                 g = forced[0]
-            proposals, q = self._propose(draft, dcache, seq, dlen, g, rng)
+            proposals, q = self._propose(draft, draft_kv, seq, dlen, g, rng)
             dlen = len(seq)
             # verify [last committed token, proposals] in one offloaded forward step
             x = torch.tensor([[seq[-1], *proposals]], device=dev)
-            logits, step = forward_step(om, "verify", x, None, tcache)
+            logits, step = forward_step(om, "verify", x, None, target_kv)
             accepted, nxt = self._accept(logits[0].float(), proposals, q, rng)
             if forced is not None:
                 accepted, nxt = forced[1], int(logits[0, forced[1]].argmax())
@@ -181,9 +182,9 @@ class SpeculativeDecoding:
             base = len(seq)
             seq += new
             out += new
-            crop_to(tcache, base + accepted)  # everything but the new last token, which the next step feeds
-            dlen = min(dlen + accepted, dcache.get_seq_length())
-            crop_to(dcache, dlen)
+            crop_to(target_kv, base + accepted)  # everything but the new last token, which the next step feeds
+            dlen = min(dlen + accepted, draft_kv.get_seq_length())
+            crop_to(draft_kv, dlen)
             self.proposed += g
             self.accepted += accepted
             self.verifications += 1
@@ -192,13 +193,13 @@ class SpeculativeDecoding:
                 on_tokens(len(new))
         return out[:max_new]
 
-    def _propose(self, draft, dcache, seq, dlen, g, rng) -> tuple[list[int], list[torch.Tensor]]:
-        """g draft tokens after `seq` (feeding the draft what its cache lacks first), with their distributions."""
+    def _propose(self, draft, draft_kv, seq, dlen, g, rng) -> tuple[list[int], list[torch.Tensor]]:
+        """g draft tokens after `seq` (feeding the draft what its KV cache lacks first), with their distributions."""
         proposals: list[int] = []
         dists: list[torch.Tensor] = []
         x = torch.tensor([seq[dlen:]], device=draft.device)
         for _ in range(g):
-            logits = draft(input_ids=x, use_cache=True, **cache_kwargs(draft, dcache)).logits[0, -1:].float()
+            logits = draft(input_ids=x, use_cache=True, **cache_kwargs(draft, draft_kv)).logits[0, -1:].float()
             tok = self._pick(logits, rng)[0]
             if self.acceptance == "sampling":
                 dists.append(torch.softmax(logits[0] / self.temperature, dim=-1))

@@ -24,6 +24,7 @@ class Session:
         from hydra import compose, initialize_config_dir
 
         from moelab import runner
+        from moelab.core.context import RunContext
         from moelab.core.types import Execution
         from moelab.models.build import plan_model
         from moelab.models.drafts import choose_draft
@@ -37,7 +38,7 @@ class Session:
         plan = plan_model(c["model"], device)
         reserve = (runner.nonexpert_bytes(plan) + GIB) / GIB if device.type == "cuda" else 0.0
         budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
-        comps.cache.reset(plan.spec, budget.experts)
+        comps.cache.bind(RunContext(plan.spec, budget.experts))  # budget-dependent cache params, checked early
         om = runner.MODELS.get(c["model"], device, plan)
         execution = Execution.from_config(c.get("execution"))
         executor = runner.make_executor(om, budget, comps, c.get("cpu_dtype"), execution)

@@ -13,12 +13,13 @@ from typing import Any
 import pandas as pd
 
 from moelab.core.registry import register
+from moelab.loggers.base import Logger
 from moelab.results.console import print_summary
 from moelab.results.store import append_row, write_parquet, write_row_file
 
 
 @register("logger", "local")
-class LocalLogger:
+class LocalLogger(Logger):
     def __init__(self, results_dir: str = "results", console: bool = True, row_files: bool = False):
         self.results_dir = Path(results_dir)
         self.console = console

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from moelab.core import registry
+from moelab.core.context import RunContext
 from moelab.core.types import LayerCall, ModelSpec, PrefetchRequest
 
 
@@ -18,10 +19,15 @@ class Observer:
     """Base class: override the events you measure from and `row`."""
 
     name: str = ""
+    spec: ModelSpec
 
-    def reset(self, spec: ModelSpec) -> None:
+    def bind(self, ctx: RunContext) -> None:
+        """Take the run's context (the same one the policies get)."""
+        self.context = ctx
+        self.spec = ctx.spec
+
+    def reset(self) -> None:
         """Forget everything: a new pass starts."""
-        self.spec = spec
 
     def on_requests(self, step: int, requests: Sequence[PrefetchRequest]) -> None:
         """A prefetch policy's requests, as the executor received them."""
@@ -48,9 +54,13 @@ class Observers:
     def __iter__(self) -> Iterator[Observer]:
         return iter(self._by_name.values())
 
-    def reset(self, spec: ModelSpec) -> None:
+    def bind(self, ctx: RunContext) -> None:
         for o in self:
-            o.reset(spec)
+            o.bind(ctx)
+
+    def reset(self) -> None:
+        for o in self:
+            o.reset()
 
     def on_requests(self, step: int, requests: Sequence[PrefetchRequest]) -> None:
         for o in self:

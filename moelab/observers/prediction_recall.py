@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from moelab.core.registry import register
-from moelab.core.types import LayerCall, ModelSpec, PrefetchRequest
+from moelab.core.types import LayerCall, PrefetchRequest
 from moelab.observers.base import Observer
 
 NAN = float("nan")
@@ -26,8 +26,8 @@ NAN = float("nan")
 class PredictionRecall(Observer):
     name = "prediction_recall"
 
-    def reset(self, spec: ModelSpec) -> None:
-        super().reset(spec)
+    def reset(self) -> None:
+        super().reset()
         self.wanted: dict[int, set[int]] = {}  # layer -> experts requested since the layer last ran
         # per layer: [predicted and chosen, chosen, predicted, layer calls with a prediction]
         self.recall: dict[int, list[int]] = {}

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from moelab.core.registry import register
-from moelab.core.types import LayerCall, ModelSpec
+from moelab.core.types import LayerCall
 from moelab.observers.base import Observer
 
 
@@ -24,8 +24,8 @@ from moelab.observers.base import Observer
 class SignalComparison(Observer):
     name = "spac_signals"
 
-    def reset(self, spec: ModelSpec) -> None:
-        super().reset(spec)
+    def reset(self) -> None:
+        super().reset()
         # (step, layer, experts of the pass's first token, tokens per expert over the pass)
         self.signals: list[tuple[int, int, tuple[int, ...], dict[int, int]]] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from moelab.core.registry import register
-from moelab.core.types import LayerCall, ModelSpec
+from moelab.core.types import LayerCall
 from moelab.observers.base import Observer
 
 
@@ -16,8 +16,8 @@ class SpecExecChanges(Observer):
 
     name = "spec_exec"
 
-    def reset(self, spec: ModelSpec) -> None:
-        super().reset(spec)
+    def reset(self) -> None:
+        super().reset()
         self.pairs = 0
         self.changed = 0
 

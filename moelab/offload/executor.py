@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from moelab.core.context import RunContext
 from moelab.core.types import (
     CacheView,
     Execution,
@@ -56,7 +57,7 @@ from moelab.offload.slots import Slot, SlotPool
 from moelab.offload.store import ExpertStore
 from moelab.offload.timeline import Timeline, TimelineRecorder
 from moelab.offload.transfer import TransferEngine
-from moelab.policies.base import Balancer, CachePolicy, PrefetchPolicy
+from moelab.policies.base import Balancer, CachePolicy, PrefetchPolicy, run_context
 from moelab.policies.eviction import eviction_rule
 
 
@@ -97,6 +98,7 @@ class OffloadExecutor:
         execution: Execution | None = None,
         observers: Observers | None = None,
         debug: bool = False,
+        context: RunContext | None = None,
     ):
         # debug mode (or MOELAB_DEBUG=1): assert that no slot is given to another expert while a layer still
         # needs it (see SlotGuard); off by default, it costs a set operation per expert
@@ -123,23 +125,32 @@ class OffloadExecutor:
         self.output_taps: list[Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]] = []
         self.recorder = TimelineRecorder(self.clock, self._compute_stream())
         self.transfers = TransferEngine(store, self.pool, self.recorder, device)
+        # the run context every component is bound to; by default the prefetch policy's estimators are shared
+        self.bind(context if context is not None else run_context(spec, capacity, prefetch))
         self.reset()
 
     # ------------------------------------------------------------------ lifecycle
     def _compute_stream(self) -> Any:
         return torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
 
+    def bind(self, context: RunContext) -> None:
+        """Bind the policies and observers to the run's context (again after a profile pass adds `future`).
+        Binding keeps their history; `reset` forgets it."""
+        self.context = context
+        for part in (self.prefetch, self.cache_policy, self.balancer, self.observers):
+            part.bind(context)
+
     def reset(self) -> None:
         """Empty the slots, forget policy state and measurements (between passes that share the model)."""
         self.clock.synchronize()
         self.pool.clear()
-        self.prefetch.reset(self.spec)
-        self.cache_policy.reset(self.spec, self.pool.capacity)
-        self.balancer.reset(self.spec)
+        self.prefetch.reset()
+        self.cache_policy.reset()
+        self.balancer.reset()
         self.recorder = TimelineRecorder(self.clock, self._compute_stream())
         self.transfers.reset(self.recorder)
         self.counters = ExecutorCounters()
-        self.observers.reset(self.spec)
+        self.observers.reset()
         self.cpu_worker.reset()
         self._step: StepInfo | None = None
         self._step_no = -1

@@ -36,9 +36,10 @@ def _per_group_linear(
 class ExpertKernel:
     def __init__(self, hf_experts: torch.nn.Module):
         self.module = hf_experts  # parameters may be on the meta device: only its gate/act functions are used
-        self.transposed = bool(getattr(hf_experts, "is_transposed", False))
-        self.has_bias = bool(getattr(hf_experts, "has_bias", False))
-        self.has_gate = bool(getattr(hf_experts, "has_gate", True))
+        # declared by every transformers experts module (its `use_experts_implementation` decorator sets them)
+        self.transposed = bool(hf_experts.is_transposed)
+        self.has_bias = bool(hf_experts.has_bias)
+        self.has_gate = bool(hf_experts.has_gate)
         self.up_name = "gate_up_proj" if self.has_gate else "up_proj"
 
     def _linear(self, x, w, offs, counts, bias, out_dtype=None):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from typing import Any
 
+from moelab.core.context import RunContext
 from moelab.core.cost import CostModel
 from moelab.core.types import (
     CacheView,
@@ -27,12 +29,22 @@ class PrefetchPolicy:
 
     # Predictors that read the model's hidden states say what they need computed (moelab.models.lookahead).
     lookahead: LookaheadSpec | None = None
-    # Policies that must know the run's routing in advance (the oracle) get it through `set_future`.
+    # Policies that must know the run's routing in advance (the oracle): the runner profiles it and binds a
+    # context whose `future` holds it.
     needs_future: bool = False
+    # Estimators this policy keeps and offers to the run's cache and balancer (through the run context).
+    estimator: Any = None
+    engine: Any = None
+    spec: ModelSpec
 
-    def reset(self, spec: ModelSpec) -> None:
-        """Forget all history; called before each run (and between runs that share a model)."""
-        self.spec = spec
+    def bind(self, ctx: RunContext) -> None:
+        """Take the run's context (model, capacity, costs, future routing, shared estimators); called once the
+        model is known, and again with `future` after a profile pass. State that depends on it is set here."""
+        self.context = ctx
+        self.spec = ctx.spec
+
+    def reset(self) -> None:
+        """Forget all history; called before each pass (and between runs that share a model)."""
 
     def on_routing(self, event: RoutingEvent, cache: CacheView) -> Sequence[PrefetchRequest]:
         """Called once the router of `event.layer` has chosen; return requests for future layers/steps."""
@@ -46,19 +58,31 @@ class PrefetchPolicy:
         """Called after a forward step; return requests to issue before the next step starts."""
         return ()
 
-    def set_future(self, routing: Sequence[tuple[int, int, tuple[int, ...]]]) -> None:
-        """(step, layer, experts) of the whole coming run, for policies with `needs_future`."""
+
+
+
+def run_context(spec: ModelSpec, capacity: int, prefetch: PrefetchPolicy, costs: CostModel | None = None
+                ) -> RunContext:
+    """The context of a run with these policies: the prefetch policy's estimators are shared with the others."""
+    return RunContext(spec, capacity, costs, estimator=prefetch.estimator, engine=prefetch.engine)
 
 
 class CachePolicy:
     """Chooses which resident expert gives up its slot."""
 
-    # Policies that place experts from the run's routing (a static hot set) get it through `set_future`.
+    # Policies that place experts from the run's routing (a static hot set) read the context's `future`.
     needs_future: bool = False
+    spec: ModelSpec
+    capacity: int
 
-    def reset(self, spec: ModelSpec, capacity: int) -> None:
-        self.spec = spec
-        self.capacity = capacity
+    def bind(self, ctx: RunContext) -> None:
+        """Take the run's context; parameters that depend on the model or the budget are checked here."""
+        self.context = ctx
+        self.spec = ctx.spec
+        self.capacity = ctx.capacity
+
+    def reset(self) -> None:
+        """Forget all history; called before each pass."""
 
     def on_insert(self, key: ExpertKey) -> None:
         """`key` was given a slot (demand or prefetch)."""
@@ -82,36 +106,42 @@ class CachePolicy:
     def observe(self, event: RoutingEvent) -> None:
         """Every routing event, for policies that rank by usage."""
 
-    def share(self, prefetch: PrefetchPolicy) -> None:
-        """Called once with the run's prefetch policy, for policies that read its estimator."""
-
-    def set_future(self, routing: Sequence[tuple[int, int, tuple[int, ...]]]) -> None:
-        """(step, layer, experts) of the whole coming run, for policies with `needs_future`."""
-
     def preload(self) -> Sequence[ExpertKey]:
         """Experts to make resident before the timed pass (not counted as its transfers); called after `reset`
-        and `set_future`. Placements that are static (Fiddler's hot set) start from their state, not from cold."""
+        and the profile pass's `bind`. Placements that are static (Fiddler's hot set) start from their state, not
+        from cold."""
         return ()
+
+    def stats(self) -> dict[str, int]:
+        """Results-row columns about the timed pass (e.g. evictions of hot experts); none by default."""
+        return {}
 
 
 class Balancer:
     """Decides, per needed expert, whether it runs on the GPU (cached or fetched) or on the CPU."""
 
-    # Balancers that compare paths get the machine's measured CostModel (moelab.calibrate) before the run.
+    # Balancers that compare paths get the machine's measured CostModel (moelab.calibrate) in the run context.
     needs_costs: bool = False
     # Balancers that may place experts on the CPU: the CPU worker prepares its weights before the run.
     uses_cpu: bool = True
+    spec: ModelSpec
+    costs: CostModel  # set by `bind` when the context has them
 
-    def reset(self, spec: ModelSpec) -> None:
-        self.spec = spec
+    def bind(self, ctx: RunContext) -> None:
+        """Take the run's context (its `costs` are measured only for balancers with `needs_costs`)."""
+        self.context = ctx
+        self.spec = ctx.spec
+        if ctx.costs is not None:
+            self.costs = ctx.costs
 
-    def set_costs(self, costs: CostModel) -> None:
-        self.costs = costs
-
-    def share(self, prefetch: PrefetchPolicy) -> None:
-        """Called once with the run's prefetch policy, for balancers that read its estimator."""
+    def reset(self) -> None:
+        """Forget all history; called before each pass."""
 
     def assign(
         self, layer: int, experts: Sequence[int], counts: Sequence[int], cache: CacheView
     ) -> dict[int, Placement]:
         raise NotImplementedError
+
+    def stats(self) -> dict[str, float]:
+        """Results-row columns about the timed pass (e.g. solver counts); none by default."""
+        return {}

@@ -5,14 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from moelab.core.registry import register
+from moelab.routing.base import Routing
 
 
 @register("routing", "native")
-class NativeRouting:
+class NativeRouting(Routing):
     replays = False
 
     def wrap(self, backend: Any, om: Any) -> Any:
         return backend
-
-    def workload(self, vocab_size: int) -> None:
-        return None

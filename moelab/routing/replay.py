@@ -34,6 +34,7 @@ import torch
 
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
+from moelab.routing.base import Routing
 from moelab.routing.trace import read_trace
 
 
@@ -62,7 +63,7 @@ def map_experts(ranking: list[int], topk: list[int], e_src: int, e_dst: int, k: 
 
 
 @register("routing", "replay")
-class ReplayRouting:
+class ReplayRouting(Routing):
     replays = True
 
     def __init__(self, trace: str | None = None):

@@ -21,9 +21,10 @@ from functools import lru_cache
 
 import numpy as np
 
+from moelab.core.context import RunContext
 from moelab.core.registry import register
-from moelab.core.types import CacheView, ExpertKey, ModelSpec, Placement
-from moelab.policies.base import Balancer, PrefetchPolicy
+from moelab.core.types import CacheView, ExpertKey, Placement
+from moelab.policies.base import Balancer
 
 
 @lru_cache(maxsize=32)
@@ -93,11 +94,12 @@ class SpacBalancer(Balancer):
         self.exact_max = int(exact_max)
         self.utility = None
 
-    def share(self, prefetch: PrefetchPolicy) -> None:
-        self.utility = getattr(prefetch, "estimator", None)
+    def bind(self, ctx: RunContext) -> None:
+        super().bind(ctx)
+        self.utility = ctx.estimator
 
-    def reset(self, spec: ModelSpec) -> None:
-        super().reset(spec)
+    def reset(self) -> None:
+        super().reset()
         self.heuristic_calls = 0
         self.calls = 0
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Collection, Sequence
 
+from moelab.core.context import RunContext
 from moelab.core.registry import register
-from moelab.core.types import ExpertKey, ModelSpec, RoutingEvent
+from moelab.core.types import ExpertKey, RoutingEvent
 from moelab.policies.base import CachePolicy
 
 Routing = Sequence[tuple[int, int, Sequence[int]]]
@@ -31,11 +32,16 @@ class BeladyCache(CachePolicy):
         self._uses: dict[ExpertKey, list[int]] = {}  # key -> positions (layer calls) where it is used
         self._pos: dict[tuple[int, int], int] = {}  # (step, layer) -> position
 
-    def reset(self, spec: ModelSpec, capacity: int) -> None:
-        super().reset(spec, capacity)
+    def reset(self) -> None:
+        super().reset()
         self._now = -1
 
-    def set_future(self, routing: Routing) -> None:
+    def bind(self, ctx: RunContext) -> None:
+        super().bind(ctx)
+        if ctx.future is not None:  # the profile pass's routing
+            self._index(ctx.future)
+
+    def _index(self, routing: Routing) -> None:
         self._uses, self._pos = {}, {}
         for i, (step, layer, experts) in enumerate(routing):
             self._pos[(int(step), int(layer))] = i

@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
-from moelab.core.types import ExpertKey, ModelSpec, RoutingEvent
+from moelab.core.types import ExpertKey, RoutingEvent
 from moelab.policies.cache.lru import LruCache
 
 
@@ -23,8 +23,8 @@ class LfuCache(LruCache):
             raise ConfigError(f"cache.decay must be in (0, 1] (1: no forgetting), got {decay!r}")
         self.decay = float(decay)
 
-    def reset(self, spec: ModelSpec, capacity: int) -> None:
-        super().reset(spec, capacity)
+    def reset(self) -> None:
+        super().reset()
         self.freq: dict[ExpertKey, float] = {}
         self._step: int | None = None
 

@@ -6,7 +6,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Sequence
 
 from moelab.core.registry import register
-from moelab.core.types import ExpertKey, ModelSpec
+from moelab.core.types import ExpertKey
 from moelab.policies.base import CachePolicy
 
 
@@ -14,8 +14,8 @@ from moelab.policies.base import CachePolicy
 class LruCache(CachePolicy):
     """Evicts the candidate whose last use (or insertion) is oldest."""
 
-    def reset(self, spec: ModelSpec, capacity: int) -> None:
-        super().reset(spec, capacity)
+    def reset(self) -> None:
+        super().reset()
         self._order: OrderedDict[ExpertKey, None] = OrderedDict()
 
     def _touch(self, key: ExpertKey) -> None:

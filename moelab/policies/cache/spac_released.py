@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
 
+from moelab.core.context import RunContext
 from moelab.core.registry import register
-from moelab.core.types import ExpertKey, ModelSpec, RoutingEvent
-from moelab.policies.base import CachePolicy, PrefetchPolicy
+from moelab.core.types import ExpertKey, RoutingEvent
+from moelab.policies.base import CachePolicy
 from moelab.policies.spac_released import ReleasedSpacEngine
 
 
@@ -21,13 +22,14 @@ class SpacReleasedCache(CachePolicy):
         self.own = ReleasedSpacEngine(levels, up, down, threshold)
         self.engine = self.own
 
-    def share(self, prefetch: PrefetchPolicy) -> None:
-        self.engine = getattr(prefetch, "engine", None) or self.own
+    def bind(self, ctx: RunContext) -> None:
+        super().bind(ctx)
+        self.engine = ctx.engine or self.own
 
-    def reset(self, spec: ModelSpec, capacity: int) -> None:
-        super().reset(spec, capacity)
+    def reset(self) -> None:
+        super().reset()
         if self.engine is self.own:
-            self.own.reset(spec, capacity)
+            self.own.reset(self.spec, self.capacity)
 
     def observe(self, event: RoutingEvent) -> None:
         if self.engine is self.own:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+from moelab.core.context import RunContext
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
 from moelab.core.types import ExpertKey, ModelSpec
@@ -78,8 +79,9 @@ class StaticCache(LruCache):
                 "(record the profile with this model, or use cache.profile=run)"
             )
 
-    def reset(self, spec: ModelSpec, capacity: int) -> None:
-        super().reset(spec, capacity)
+    def bind(self, ctx: RunContext) -> None:
+        super().bind(ctx)
+        spec, capacity = ctx.spec, ctx.capacity
         self.scratch = spec.top_k if self.scratch_param is None else self.scratch_param
         if not 1 <= self.scratch < capacity:
             given = f"cache.scratch={self.scratch}" + (" (the default, top_k)" if self.scratch_param is None else "")
@@ -88,16 +90,16 @@ class StaticCache(LruCache):
                 "(at least one slot for on-demand fetches, at least one for the hot set)"
             )
         self._check_trace(spec)
-        self.hot_evictions = 0
+        if ctx.future is not None and self.needs_future:  # the profile pass's routing: the hot set comes from it
+            self.uses = layer_call_uses(ctx.future)
         self._choose_hot()
 
-    def set_future(self, routing: Routing) -> None:
-        """The profile pass's (step, layer, experts): the hot set is chosen from it."""
-        self.uses = layer_call_uses(routing)
-        self._choose_hot()
+    def reset(self) -> None:
+        super().reset()
+        self.hot_evictions = 0
 
     def _choose_hot(self) -> None:
-        if self.uses is None or not hasattr(self, "capacity"):
+        if self.uses is None:
             self.hot = frozenset()
             return
         ranked = sorted(self.uses.items(), key=lambda kv: (-kv[1], kv[0].layer, kv[0].expert))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from moelab.core.context import RunContext
 from moelab.core.registry import register
-from moelab.core.types import ExpertKey, ModelSpec, RoutingEvent
-from moelab.policies.base import CachePolicy, PrefetchPolicy
+from moelab.core.types import ExpertKey, RoutingEvent
+from moelab.policies.base import CachePolicy
 from moelab.policies.cache.lru import LruCache
 from moelab.policies.utility import UtilityEstimator
 
@@ -21,11 +22,12 @@ class UtilityCache(LruCache):
         self.own = UtilityEstimator(mode, levels, up_frac, down, beta, up)
         self.estimator = self.own
 
-    def share(self, prefetch: PrefetchPolicy) -> None:
-        self.estimator = getattr(prefetch, "estimator", None) or self.own
+    def bind(self, ctx: RunContext) -> None:
+        super().bind(ctx)
+        self.estimator = ctx.estimator or self.own
 
-    def reset(self, spec: ModelSpec, capacity: int) -> None:
-        super().reset(spec, capacity)
+    def reset(self) -> None:
+        super().reset()
         self.own.reset()
 
     def observe(self, event: RoutingEvent) -> None:

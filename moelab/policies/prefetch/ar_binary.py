@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
-from moelab.core.types import CacheView, ExpertKey, ModelSpec, PrefetchRequest, RoutingEvent
+from moelab.core.types import CacheView, ExpertKey, PrefetchRequest, RoutingEvent
 from moelab.policies.base import PrefetchPolicy
 
 
@@ -25,8 +25,8 @@ class ArBinaryPrefetch(PrefetchPolicy):
         self.decay = float(decay)
         self.n = None if n is None else int(n)
 
-    def reset(self, spec: ModelSpec) -> None:
-        super().reset(spec)
+    def reset(self) -> None:
+        super().reset()
         self.scores: dict[int, dict[int, float]] = {}
         self.last_count: dict[int, int] = {}
 

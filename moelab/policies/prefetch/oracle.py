@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from moelab.core.context import RunContext
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
-from moelab.core.types import CacheView, ExpertKey, ModelSpec, PrefetchRequest, RoutingEvent
+from moelab.core.types import CacheView, ExpertKey, PrefetchRequest, RoutingEvent
 from moelab.policies.base import PrefetchPolicy
 
 
@@ -25,12 +26,10 @@ class OraclePrefetch(PrefetchPolicy):
         self.horizon = int(horizon)
         self.future: list[tuple[int, int, tuple[int, ...]]] = []
 
-    def reset(self, spec: ModelSpec) -> None:
-        super().reset(spec)
-        self._pos = {(s, layer): i for i, (s, layer, _) in enumerate(self.future)}
-
-    def set_future(self, routing: Sequence[tuple[int, int, tuple[int, ...]]]) -> None:
-        self.future = [(int(s), int(layer), tuple(e)) for s, layer, e in routing]
+    def bind(self, ctx: RunContext) -> None:
+        super().bind(ctx)
+        if ctx.future is not None:  # the profile pass's routing
+            self.future = [(int(s), int(layer), tuple(e)) for s, layer, e in ctx.future]
         self._pos = {(s, layer): i for i, (s, layer, _) in enumerate(self.future)}
 
     def _ahead(self, start: int, capacity: int) -> list[PrefetchRequest]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moelab.core.registry import register
-from moelab.core.types import CacheView, ModelSpec, PrefetchRequest, RoutingEvent
+from moelab.core.types import CacheView, PrefetchRequest, RoutingEvent
 from moelab.policies.base import PrefetchPolicy
 from moelab.policies.utility import UtilityEstimator
 
@@ -24,8 +24,8 @@ class SpacPrefetch(PrefetchPolicy):
         self.estimator = UtilityEstimator(mode, levels, up_frac, down, beta, up)
         self.threshold = float(threshold)
 
-    def reset(self, spec: ModelSpec) -> None:
-        super().reset(spec)
+    def reset(self) -> None:
+        super().reset()
         self.estimator.reset()
         self.capacity: int | None = None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from moelab.core.registry import register
-from moelab.core.types import CacheView, ModelSpec, PrefetchRequest, RoutingEvent
+from moelab.core.types import CacheView, PrefetchRequest, RoutingEvent
 from moelab.policies.base import PrefetchPolicy
 from moelab.policies.spac_released import ReleasedSpacEngine
 
@@ -20,8 +20,8 @@ class SpacReleasedPrefetch(PrefetchPolicy):
     def __init__(self, levels: int = 5, up: int = 5, down: int = 1, threshold: int = 1):
         self.engine = ReleasedSpacEngine(levels, up, down, threshold)
 
-    def reset(self, spec: ModelSpec) -> None:
-        super().reset(spec)
+    def reset(self) -> None:
+        super().reset()
         self._ready = False
 
     def _begin(self, cache: CacheView) -> None:
