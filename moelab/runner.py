@@ -384,6 +384,10 @@ class RunRecipe:
         metrics.update(executor.observers.row(), **verify_metrics(gen, executor.counters),
                        cpu_ms=executor.cpu_worker.busy_ms, cpu_wait_ms=executor.cpu_worker.wait_ms)
         self.metrics = metrics
+        # into the row now: a later pass that fails (perplexity, tasks) leaves a failed row that keeps them
+        row.update(metrics)
+        row["token_agreement"] = (token_agreement(gen.new_tokens, self.ref_tokens) if self.ref_tokens is not None
+                                  else NAN)
         executor.reset()
 
     def accuracy(self) -> None:
@@ -392,12 +396,9 @@ class RunRecipe:
             self.ppl = corpus_perplexity(self.om, self.ppl_ids)
 
     def fill_row(self) -> None:
-        """The timed pass's metrics and the accuracy columns, compared with the reference."""
+        """The accuracy columns, compared with the reference (the timed pass's metrics are in already)."""
         gen, ppl_ids = self.gen, self.ppl_ids
-        self.row.update(self.metrics)
         self.row.update(
-            token_agreement=token_agreement(gen.new_tokens, self.ref_tokens) if self.ref_tokens is not None
-            else NAN,
             ppl=self.ppl, ppl_ref=self.ppl_ref, ppl_delta=self.ppl - self.ppl_ref, ppl_docs=len(ppl_ids),
             ppl_tokens_scored=sum(max(0, len(d) - 1) for d in ppl_ids),
             output_sample=self.om.tokenizer.decode(gen.new_tokens[0])[:200] if gen.new_tokens else "",

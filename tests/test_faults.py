@@ -201,3 +201,23 @@ def test_sigterm_in_a_sweep_keeps_finished_rows_and_the_same_command_resumes(tmp
     assert p.stdout.count("skipped run ") == len(done)
     final = latest_rows(read_runs(tmp_path / "results", "term"))
     assert len(final) == 2 and (final.status == "ok").all()
+
+
+def test_a_pass_that_fails_after_the_timed_one_keeps_its_measurements(tmp_path, monkeypatch):
+    """Perplexity breaks after generation was measured: the failed row still holds TPOT, bytes, agreement."""
+    cfg = compose(tmp_path, "experiment_name=late", "workload.ppl_tokens=16", "reference=true")
+
+    plain_ppl, calls = runner.corpus_perplexity, []
+
+    def broken(*args, **kwargs):  # the reference pass's perplexity works, the offloaded accuracy pass's breaks
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("perplexity broke")
+        return plain_ppl(*args, **kwargs)
+
+    monkeypatch.setattr("moelab.runner.corpus_perplexity", broken)
+    with pytest.raises(RuntimeError, match="perplexity broke"):
+        runner.run(cfg)
+    row = read_runs(tmp_path / "results", "late").iloc[0]
+    assert row.status == "failed" and "perplexity broke" in row.error
+    assert row.tpot_ms > 0 and row.h2d_bytes_prefill > 0 and row.token_agreement == 1.0
