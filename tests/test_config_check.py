@@ -64,7 +64,7 @@ def test_hydra_composition_errors_are_one_line(case):
 
 def test_config_name_typo_and_a_good_command():
     msg = compose_error([], ROOT / "conf", "confg")
-    assert "no config named 'confg'" in msg and "config, prediction_recall" in msg
+    assert "no config named 'confg'" in msg and "allowed: config, train_predictor, training" in msg
     assert compose_error(["policy=qhs,spac", "budget=half"], ROOT / "conf", "config") is None
 
 
