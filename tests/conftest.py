@@ -60,6 +60,25 @@ def make_executor(om, capacity: int, prefetch: str = "none", cache: str = "lru",
     )
 
 
+def assert_exact_at_budgets(om, plain_model, batches, new_tokens: int, capacities, label: str) -> None:
+    """Greedy generation through the executor at each capacity gives the plain model's tokens and bitwise
+    logits; below the full budget the cache really evicted."""
+    from moelab.decoding.autoregressive import AutoregressiveDecoding
+    from moelab.models.plain import PlainModel
+
+    dec = AutoregressiveDecoding()
+    ref = dec.generate(PlainModel(plain_model, om.device), batches, new_tokens, keep_logits=True)
+    for capacity in capacities:
+        ex = make_executor(om, capacity)
+        with om.using(ex):
+            out = dec.generate(om, batches, new_tokens, keep_logits=True)
+        assert out.new_tokens == ref.new_tokens, f"{label} capacity {capacity}: tokens differ"
+        for step, (a, b) in enumerate(zip(ref.logits, out.logits)):
+            assert torch.equal(a, b), f"{label} capacity {capacity}: logits differ at step {step}"
+        if capacity < om.spec.total_experts:  # something had to be fetched twice
+            assert ex.counters.evictions > 0
+
+
 def random_prompts(n: int, vocab: int, lengths=(9, 4, 13), seed: int = 1) -> list[list[int]]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randint(3, vocab, (lengths[i % len(lengths)],), generator=g).tolist() for i in range(n)]

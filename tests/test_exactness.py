@@ -9,7 +9,7 @@ import torch
 
 from moelab.decoding.autoregressive import AutoregressiveDecoding
 from moelab.models.plain import PlainModel
-from tests.conftest import ARCHS, make_executor, offloaded_copy, random_prompts, tiny_hf_model
+from tests.conftest import ARCHS, assert_exact_at_budgets, make_executor, offloaded_copy, random_prompts, tiny_hf_model
 
 DEC = AutoregressiveDecoding()
 
@@ -51,17 +51,7 @@ def test_offloaded_generation_equals_plain_model(arch, variant, overrides):
     om = offloaded_copy(plain_model)
     vocab = plain_model.config.vocab_size
     batches = [[p] for p in random_prompts(3, vocab)]
-    ref = DEC.generate(PlainModel(plain_model, om.device), batches, 6, keep_logits=True)
-    for capacity in _budgets(om.spec):
-        ex = make_executor(om, capacity)
-        with om.using(ex):
-            out = DEC.generate(om, batches, 6, keep_logits=True)
-        assert out.new_tokens == ref.new_tokens, f"{arch} capacity {capacity}: tokens differ"
-        for step, (a, b) in enumerate(zip(ref.logits, out.logits)):
-            assert torch.equal(a, b), f"{arch} capacity {capacity}: logits differ at step {step}"
-        # the budget was really used: at less than all experts something had to be fetched twice
-        if capacity < om.spec.total_experts:
-            assert ex.counters.evictions > 0
+    assert_exact_at_budgets(om, plain_model, batches, 6, _budgets(om.spec), arch)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

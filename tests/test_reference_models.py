@@ -17,13 +17,11 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from moelab.core import registry
-from moelab.decoding.autoregressive import AutoregressiveDecoding
 from moelab.metrics.perplexity import corpus_perplexity
 from moelab.models.build import materialize, plan_model
-from moelab.models.plain import PlainModel
 from moelab.routing.trace import read_trace
 from moelab.runner import run
-from tests.conftest import ROOT, make_executor
+from tests.conftest import ROOT, assert_exact_at_budgets, make_executor
 
 V1 = ROOT / "checkpoints" / "v1"
 CPU = torch.device("cpu")
@@ -101,17 +99,7 @@ def test_offloaded_logits_equal_plain_model(target):
     name, om = target
     plain = AutoModelForCausalLM.from_pretrained(V1 / name, dtype=torch.float32).eval().requires_grad_(False)
     batches = [[p] for p in val_windows(2, 10)]
-    dec = AutoregressiveDecoding()
-    ref = dec.generate(PlainModel(plain, CPU), batches, 4, keep_logits=True)
-    for capacity in (om.spec.top_k, om.spec.total_experts):
-        ex = make_executor(om, capacity)
-        with om.using(ex):
-            out = dec.generate(om, batches, 4, keep_logits=True)
-        assert out.new_tokens == ref.new_tokens, f"{name} at {capacity} experts: tokens differ"
-        for step, (a, b) in enumerate(zip(ref.logits, out.logits)):
-            assert torch.equal(a, b), f"{name} at {capacity} experts: logits differ at step {step}"
-        if capacity < om.spec.total_experts:
-            assert ex.counters.evictions > 0  # the small budget was really exercised
+    assert_exact_at_budgets(om, plain, batches, 4, (om.spec.top_k, om.spec.total_experts), name)
 
 
 def test_heldout_perplexity_is_the_trained_models(target):
