@@ -35,7 +35,7 @@ from moelab.loggers.base import Logger
 from moelab.metrics.perplexity import corpus_perplexity
 from moelab.metrics.summary import run_metrics, step_table, token_agreement, verify_metrics
 from moelab.models.build import ModelPlan, materialize, plan_model
-from moelab.models.drafts import choose_draft
+from moelab.models.drafts import choose_draft, draft_name
 from moelab.models.hub import tokenizer_dir
 from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
@@ -283,6 +283,7 @@ class RunRecipe:
         row.update(
             policy=policy_label(c), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],
             balancer=c["balancer"]["name"], decoding=c["decoding"]["name"], gamma=dec.gamma,
+            draft=draft_name(c["decoding"]),
             speculative_execution=execution.speculates, speculative_mode=execution.speculative,
             eviction=execution.eviction, compute_order=execution.compute_order, cpu_dtype=str(c.get("cpu_dtype")),
             workload=c["workload"]["name"], prompts=len(wl.prompts), new_tokens=wl.max_new_tokens,

@@ -8,6 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from moelab.models.drafts import choose_draft
 from moelab.results.label import policy_label
 from moelab.results.schema import COLUMNS, undeclared
 from tests.conftest import ROOT
@@ -30,12 +31,14 @@ def resolved(*overrides: str) -> dict:
     (("prefetch=qhs",), "on_demand+prefetch=qhs"),
     (("policy=spac", "cache=lru"), "spac+cache=lru"),
     (("policy=spac", "decoding.gamma=2"), "spac+decoding.gamma=2"),
+    # the draft is a model (the `draft` column), whether the preset's default or named
+    (("policy=spac", "decoding.draft.path=checkpoints/v1/code_draft"), "spac"),
     (("policy=qhs", "prefetch=qhs"), "qhs"),  # naming the preset's own choice again is not an override
     (("policy=qhs", "execution.speculative=router"), "qhs+execution.speculative=router"),
     (("policy=fiddler", "balancer=gpu_only", "cache.scratch=4"), "fiddler+cache.scratch=4+balancer=gpu_only"),
 ])
 def test_policy_label_names_the_preset_and_every_override(overrides, label):
-    assert policy_label(resolved(*overrides)) == label
+    assert policy_label(choose_draft(resolved(*overrides))) == label
 
 
 def test_interpolated_keys_follow_and_are_not_overrides(tmp_path):

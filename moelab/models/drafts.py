@@ -54,6 +54,14 @@ def choose_draft(cfg: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def draft_name(dec: Mapping[str, Any]) -> str | None:
+    """The row's `draft`: the draft model's path or hub id, `random-<arch>` for a random draft, None without one."""
+    if dec.get("name") != "speculative":
+        return None
+    draft = dec.get("draft") or {}
+    return str(draft["path"]) if draft.get("path") else f"random-{draft.get('arch', 'llama')}"
+
+
 def check_draft_path(path: str) -> ModelSource:
     """A draft that is not cached offline, or a directory that is not there, fails now in one line."""
     source = locate(path)

@@ -2,7 +2,8 @@
 
 `policy=on_demand prefetch=qhs` is not the on_demand baseline, so it is recorded as `on_demand+prefetch=qhs`;
 a parameter changed from the preset's value is recorded too (`spac+decoding.gamma=2`). Figures group and
-label runs by this string, so an ablation never shares a label with the preset it ablates.
+label runs by this string, so an ablation never shares a label with the preset it ablates. Which draft model
+speculative decoding uses is a model, not a policy: it is the row's `draft` column, not part of this label.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from omegaconf import OmegaConf
 CONF = Path(__file__).resolve().parents[2] / "conf"
 # The parts of a run a preset (conf/policy/*.yaml) chooses.
 PRESET_KINDS = ("prefetch", "cache", "balancer", "decoding", "execution")
+# Keys of those parts that choose a model rather than a policy (recorded in columns of their own).
+MODEL_KEYS = {"decoding": ("draft",)}
 
 
 def _yaml(path: Path) -> dict[str, Any]:
@@ -70,6 +73,7 @@ def policy_label(cfg: Mapping[str, Any], conf: Path = CONF) -> str:
         if want.get("name") != actual.get("name") and "name" in actual:
             parts.append(f"{kind}={actual['name']}")
             want = _yaml(conf / kind / f"{actual['name']}.yaml")  # parameters then compare with that component's
-        parts += _differences(kind, {k: v for k, v in want.items() if k != "name"},
-                              {k: v for k, v in actual.items() if k != "name"})
+        skip = ("name", *MODEL_KEYS.get(kind, ()))
+        parts += _differences(kind, {k: v for k, v in want.items() if k not in skip},
+                              {k: v for k, v in actual.items() if k not in skip})
     return "+".join(parts)

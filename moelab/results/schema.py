@@ -35,6 +35,7 @@ class RunRow(TypedDict, total=False):
     balancer: str
     decoding: str
     gamma: int | None
+    draft: str | None
     speculative_execution: bool
     speculative_mode: str
     eviction: str
