@@ -7,7 +7,10 @@ bytes, evictions, CPU share) and the tokens it generated. Run it before and afte
     python tools/behaviour_snapshot.py --out before.json
     python tools/behaviour_snapshot.py --out after.json --compare before.json
 
-Timings are not part of the fingerprint; everything in it is decided on the host and is deterministic on the CPU.
+Timings are not part of the fingerprint; everything in it is decided on the host and is deterministic on the CPU,
+given the measured CPU/GPU expert costs that cost-aware balancers (cpu_cold, spac) decide with. Those are measured
+once and cached (MOELAB_CACHE, by default a `cache` folder beside --out): compare two snapshots taken with the same
+cache, or the balancers' choices differ with the machine's load, not with the code.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # Small enough for ~100 runs in a few minutes on two cores; four MoE layers, 16 experts, top-2.
-MODEL = ["model.config.hidden_size=64", "model.config.intermediate_size=96", "model.config.num_attention_heads=4",
-         "model.config.num_key_value_heads=2", "model.config.vocab_size=256"]
+MODEL = ["model=tiny", "model.config.hidden_size=64", "model.config.intermediate_size=96",
+         "model.config.num_attention_heads=4", "model.config.num_key_value_heads=2", "model.config.vocab_size=256"]
 BASE = ["device=cpu", "reference=false", "progress=false", "workload.num_prompts=2", "workload.max_new_tokens=6",
         "workload.ppl_tokens=16", "logger.console=false"]
 SPEC_EXEC = "spec"  # marker: speculative execution on (its config key differs between versions)
