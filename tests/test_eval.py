@@ -126,3 +126,13 @@ def test_lm_eval_builds_the_moelab_model_from_model_args():
         assert ll < 0 and lm.om.spec.num_experts == 8
     finally:
         lm.session.close()
+
+
+def test_moelab_lm_eval_is_an_installed_command_running_the_harness():
+    """The installed `moelab-lm-eval` command is lm-eval's CLI with moelab registered (moelab.eval.harness.main)."""
+    from importlib.metadata import entry_points
+
+    from moelab.eval import harness
+
+    (script,) = entry_points(group="console_scripts", name="moelab-lm-eval")
+    assert script.load() is harness.main
