@@ -27,7 +27,7 @@ SHORTER = {
     "spac_ablation": ["+experiment/spac_variant=spac,sd_on_demand,ar_binary", "workload=builtin"],
     # the replays keep their trace's workload (6 prompts x 32 tokens); the tiny model has code_moe's 16 experts, top-2
     "spac_replay": ["model=tiny", "+experiment/spac_variant=ar_on_demand,spac", "reference=false"],
-    "peers": ["model=tiny", "+experiment/system=on_demand,spac", "budget.fraction=0.25,0.5", "reference=false"],
+    "peers": ["model=tiny", "+experiment/system=on_demand,spac", "budget.fraction=0.25", "reference=false"],
     "spec_exec_tasks": ["+experiment/predictor=qhs_d1", "workload.num_prompts=1", "workload.prompt_lines=4",
                         "workload.ppl_docs=1", "eval.limit=2", "eval.max_length=96", "eval.gen_kwargs={max_gen_toks:4}",
                         "eval.bootstrap_iters=0"],
