@@ -53,6 +53,7 @@ def accelerate_row(cfg: dict[str, Any], tokens: int) -> dict[str, Any]:
     from moelab.metrics.summary import token_agreement
     from moelab.models.build import plan_model
     from moelab.offload.budget import resolve_budget
+    from moelab.results.row import device_name
     from moelab.runner import MODELS, nonexpert_bytes, resolve_device
 
     device = resolve_device(cfg["device"])
@@ -62,7 +63,7 @@ def accelerate_row(cfg: dict[str, Any], tokens: int) -> dict[str, Any]:
     batches = routing.workload(int(om.config.vocab_size))[0][:1]
     dec = AutoregressiveDecoding()
     row: dict[str, Any] = {"model": om.name, "budget": cfg["budget"]["fraction"], "policy": "hf_accelerate",
-                           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                           "device": device.type, "device_name": device_name(device),
                            "trace": cfg["routing"]["trace"], "tokens": tokens}
     t0 = time.time()
     try:

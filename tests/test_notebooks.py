@@ -83,6 +83,7 @@ def test_accelerate_rows_join_the_peers_figure(sweep_results):
     assert p.returncode == 0, p.stderr[-3000:]
     acc = pd.read_parquet(sweep_results / "peers" / "accelerate.parquet")
     assert acc.status.tolist() == ["ok"], acc.error.tolist()
+    assert acc.device_name.tolist() == [load_runs(sweep_results, "peers").device_name.iloc[0]]  # the figure's filter
     assert acc.token_agreement.tolist() == [1.0] and (acc.accelerate_streamed_bytes > 0).all()
     rows = peers_rows(load_runs(sweep_results, "peers"), acc)
     floor = rows[rows.policy == "on_demand"].set_index("budget").floor_ms_per_token
