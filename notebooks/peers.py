@@ -15,34 +15,42 @@
 # %% [markdown]
 # # moelab against the systems users know, and against the floor
 #
-# `python benchmarks/peers.py` (on the GPU machine): transformers + accelerate offload, on-demand loading,
-# next-layer gate prefetch, Fiddler (static hot set + CPU for cold experts), Speculating Experts, MoE-SpAc and
-# the oracle, side by side on one model at several GPU expert budgets, with each row's floor (Belady-optimal
-# bytes over the measured H2D bandwidth, or GPU compute if larger) and efficiency = floor / TPOT.
+# `python run.py -m +experiment=peers`: on-demand loading, next-layer gate prefetch, Fiddler (static hot set + CPU
+# for cold experts), Speculating Experts, MoE-SpAc and the oracle (`conf/experiment/system/`) at several GPU expert
+# budgets, replaying the committed code_moe traces into full-size shapes, each row with its floor (Belady-optimal
+# bytes over the measured H2D bandwidth, or GPU compute if larger) and efficiency = floor / TPOT. The
+# transformers + accelerate rows come from `python benchmarks/peers.py` (same points), when it was run; each takes
+# the floor of the on-demand row of its model and budget.
 #
-# Reads `$MOELAB_RESULTS/bench_peers/peers.parquet` (default `results/`, from the repository root or from
-# notebooks/), or `$MOELAB_PEERS` (the parquet itself), and writes the figure as PNG and PDF to
-# `$MOELAB_RESULTS/figures/peers`.
+# Reads `$MOELAB_RESULTS` (default: `results/`, from the repository root or from notebooks/): the experiment's
+# runs and `peers/accelerate.parquet`; writes the figure as PNG and PDF to its `figures/` folder, one panel per
+# model. `MOELAB_EXPERIMENT` reads another experiment name.
 
 # %%
 import os
-from pathlib import Path
 
 import pandas as pd
 
-from moelab.analysis.figures import peers_table, plot_peers, save
-from moelab.analysis.load import results_dir
+from moelab.analysis.figures import peers_rows, peers_table, plot_peers, save
+from moelab.analysis.load import describe_setup, load_runs, results_dir
 
 RESULTS = results_dir()
-PEERS = Path(os.environ.get("MOELAB_PEERS", RESULTS / "bench_peers" / "peers.parquet"))
+EXPERIMENT = os.environ.get("MOELAB_EXPERIMENT", "peers")
 
 # %%
-rows = pd.read_parquet(PEERS)
-print(f"{len(rows)} rows from {PEERS}")
+runs = load_runs(RESULTS, EXPERIMENT)
+device = runs.sort_values("started_at")["device_name"].iloc[-1]
+runs = runs[runs["device_name"] == device]  # one device
+accelerate_file = RESULTS / EXPERIMENT / "accelerate.parquet"
+accelerate = pd.read_parquet(accelerate_file) if accelerate_file.exists() else None
+if accelerate is not None:
+    accelerate = accelerate[(accelerate["device_name"] == device) & (accelerate["status"] == "ok")]
+for _, part in runs.groupby("model", sort=False):
+    print(f"{len(part)} runs: {describe_setup(part.iloc[0])}")
+rows = peers_rows(runs, accelerate)
 print(peers_table(rows).round(3).to_string(index=False))
 
 # %%
-device = rows["device"].iloc[0] if "device" in rows else ""
-fig = plot_peers(rows, title=f"Decode tokens/s vs GPU expert budget {device}".strip())
-print("written:", *save(fig, RESULTS / "figures" / "peers"))
+fig = plot_peers(rows, title=f"Decode tokens/s vs GPU expert budget, on {device}")
+print("written:", *save(fig, RESULTS / "figures" / EXPERIMENT))
 fig  # noqa: B018  (the cell shows the figure in Jupyter)

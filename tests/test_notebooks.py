@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from moelab.core import registry
@@ -16,8 +17,7 @@ from tests.conftest import ROOT
 from tests.test_cli import run_cli, runs
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
-BENCHMARK_NOTEBOOKS = ["peers"]  # notebooks of a benchmark script's results, not of an experiment sweep
-NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.py") if p.stem not in BENCHMARK_NOTEBOOKS)
+NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.py"))
 # shorter sweeps than the experiments' own, same code paths (the notebook draws whatever points exist)
 SHORTER = {
     "prediction_recall": ["model=tiny"],
@@ -25,6 +25,9 @@ SHORTER = {
     "budget_sweep": ["policy=on_demand,oracle", "budget.fraction=0.25,0.5"],
     "spec_exec_accuracy": ["prefetch.distance=1", "workload.num_prompts=2"],  # both workloads
     "spac_ablation": ["+experiment/spac_variant=spac,sd_on_demand,ar_binary", "workload=builtin"],
+    # the replays keep their trace's workload (6 prompts x 32 tokens); the tiny model has code_moe's 16 experts, top-2
+    "spac_replay": ["model=tiny", "+experiment/spac_variant=ar_on_demand,spac", "reference=false"],
+    "peers": ["model=tiny", "+experiment/system=on_demand,spac", "budget.fraction=0.25", "reference=false"],
     "spec_exec_tasks": ["+experiment/predictor=qhs_d1", "workload.num_prompts=1", "workload.prompt_lines=4",
                         "workload.ppl_docs=1", "eval.limit=2", "eval.max_length=96", "eval.gen_kwargs={max_gen_toks:4}",
                         "eval.bootstrap_iters=0"],
@@ -68,26 +71,21 @@ def test_notebook_runs_headless_and_writes_its_figure(sweep_results, name):
         assert out.exists() and out.stat().st_size > 5000, out
 
 
-def test_peers_benchmark_and_its_notebook(tmp_path):
-    """benchmarks/peers.py --quick (tiny shapes on the CPU: accelerate offloads to disk here) gives every system a
-    row with its floor, then notebooks/peers.py draws the figure from the parquet."""
-    out = tmp_path / "results" / "bench_peers"
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--quick", "--out", str(out),
-                        "--models", "mixtral:3", "--budgets", "0.25,0.5"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    import pandas as pd
+def test_accelerate_rows_join_the_peers_figure(sweep_results):
+    """benchmarks/peers.py adds transformers + accelerate rows at the peers experiment's points (tiny model on the
+    CPU: accelerate offloads to disk here), exact, really offloading, each with the on-demand row's floor."""
+    from moelab.analysis.figures import peers_rows
+    from moelab.analysis.load import load_runs
 
-    df = pd.read_parquet(out / "peers.parquet")
-    systems = {"hf_accelerate", "on_demand", "gate_prefetch", "fiddler", "spec_experts", "spac", "oracle"}
-    assert set(df.policy) == systems and len(df) == 2 * len(systems), p.stdout[-3000:]
-    assert (df.floor_ms_per_token > 0).all() and df.efficiency.notna().all()
-    exact = df[df.policy != "spec_experts"]  # speculative execution is the one inexact system
-    assert (exact.token_agreement == 1.0).all(), exact[["policy", "token_agreement"]]
-    assert (df[df.policy == "hf_accelerate"].accelerate_streamed_bytes > 0).all()  # accelerate really offloaded
-    env = {**os.environ, "MOELAB_RESULTS": str(tmp_path / "results"), "MPLBACKEND": "Agg"}
-    p = subprocess.run([sys.executable, str(ROOT / "notebooks" / "peers.py")], capture_output=True, text=True,
-                       cwd=ROOT / "notebooks", env=env, timeout=300)
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peers.py"), "--budgets", "0.25", "--tokens", "3",
+                        "model=tiny", "device=cpu", f"results_dir={sweep_results}"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
-    for ext in ("png", "pdf"):
-        assert (tmp_path / "results" / "figures" / f"peers.{ext}").stat().st_size > 5000
+    acc = pd.read_parquet(sweep_results / "peers" / "accelerate.parquet")
+    assert acc.status.tolist() == ["ok"], acc.error.tolist()
+    assert acc.device_name.tolist() == [load_runs(sweep_results, "peers").device_name.iloc[0]]  # the figure's filter
+    assert acc.token_agreement.tolist() == [1.0] and (acc.accelerate_streamed_bytes > 0).all()
+    rows = peers_rows(load_runs(sweep_results, "peers"), acc)
+    floor = rows[rows.policy == "on_demand"].set_index("budget").floor_ms_per_token
+    row = rows[rows.policy == "hf_accelerate"].iloc[0]
+    assert row.floor_ms_per_token == floor[0.25] > 0 and row.efficiency == row.floor_ms_per_token / row.tpot_ms

@@ -9,7 +9,6 @@ import sys
 
 import pandas as pd
 
-from tests.conftest import ROOT
 from tests.test_cli import QUICK, run_cli, runs
 
 
@@ -73,13 +72,3 @@ def test_bad_prefetch_settings_fail_before_loading(tmp_path):
                          (["policy=mlp"], "prefetch.path")):
         p = run_cli(tmp_path, *args)
         assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, (args, p.stderr)
-
-
-def test_benchmark_smoke(tmp_path):
-    """benchmarks/prefetch.py --quick runs every section on tiny models (the GPU numbers come from the same code)."""
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "prefetch.py"), "--quick", "--device", "cpu",
-                        "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    df = pd.read_csv(tmp_path / "b" / "prefetch_benchmark.csv")
-    assert set(df.section) == {"trained", "replay"} and (df.status == "ok").all()
-    assert {"none", "ar_binary", "qhs", "qhs+spec", "oracle", "mlp"} <= set(df.policy)

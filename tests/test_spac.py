@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
-import subprocess
-import sys
 from dataclasses import replace
 
-import pandas as pd
 import pytest
 
 from moelab.core import registry
@@ -25,7 +21,7 @@ from moelab.observers.spac_signals import SignalComparison
 from moelab.policies.balance.spac import best_split_exact, best_split_greedy, split_cost
 from moelab.policies.base import run_context
 from moelab.policies.utility import UtilityEstimator
-from tests.conftest import ROOT, make_executor, offloaded_copy, random_prompts, tiny_hf_model
+from tests.conftest import make_executor, offloaded_copy, random_prompts, tiny_hf_model
 from tests.test_cli import run_cli, runs
 
 SPEC = ModelSpec(moe_layers=(0, 1), num_experts=8, top_k=2, expert_bytes=1, hidden_size=4)
@@ -207,15 +203,3 @@ def test_speculative_trace_replays_into_a_bigger_model(tmp_path):
     assert rep.acceptance_rate == rec.acceptance_rate and rep.verifications == rec.verifications
     bad = run_cli(tmp_path, "routing=replay", f"routing.trace={rec.trace_path}", "experiment_name=rep")
     assert bad.returncode == 2 and "decoding=speculative" in bad.stderr
-
-
-def test_spac_benchmark_smoke(tmp_path):
-    """benchmarks/spac.py --quick runs both sections on tiny models (the GPU numbers come from the same code)."""
-    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "spac.py"), "--quick", "--device", "cpu",
-                        "--replay-models", "mixtral:3", "--out", str(tmp_path / "b")],
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "MOELAB_CACHE": str(tmp_path)})
-    assert p.returncode == 0, p.stderr[-3000:]
-    df = pd.read_csv(tmp_path / "b" / "spac_benchmark.csv")
-    assert set(df.section) == {"trained", "replay"} and (df.status == "ok").all()
-    assert {"ar", "sd", "sd+cpu_cold", "spac", "spac-no-utility", "spac g=8"} <= set(df.policy)
-    assert {f"tiny_{k}.parquet" for k in ("ar", "g2", "g4", "g8")} <= {f.name for f in (tmp_path / "b").iterdir()}

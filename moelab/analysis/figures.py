@@ -253,16 +253,42 @@ def plot_decode_timeline(steps_by_label: Mapping[str, pd.DataFrame], title: str 
     return fig
 
 
-# --- moelab against the systems users know, and the floor (benchmarks/peers.py) ----------------------------------
+# --- moelab against the systems users know, and the floor (+experiment=peers) ------------------------------------
 
-PEERS_ORDER = ("hf_accelerate", "on_demand", "gate_prefetch", "fiddler", "spec_experts", "spac", "oracle")
-PEERS_COLS = ["model", "budget", "policy", "tokens_per_s", "tpot_ms", "floor_ms_per_token", "efficiency",
-              "transfer_floor_ms_per_token", "compute_floor_ms_per_token", "stall_share", "overlap", "host_gap_ms",
-              "cpu_share", "token_agreement"]
+PEERS_ORDER = ("hf_accelerate", "on_demand", "ar_binary", "gate_prefetch", "fiddler", "spec_experts", "spac", "oracle")
+PEERS_COLS = ["model", "budget", "policy", "tokens_per_s", "tpot_ms", "vs_on_demand", "floor_ms_per_token",
+              "efficiency", "transfer_floor_ms_per_token", "compute_floor_ms_per_token", "stall_share", "overlap",
+              "host_gap_ms", "cpu_share", "hit_rate", "token_agreement"]
+
+
+def peers_rows(runs: pd.DataFrame, accelerate: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The peers experiment's rows (system label as `policy`, budget fraction as `budget`) with the accelerate
+    rows of `benchmarks/peers.py` added; an accelerate row takes the floor of the on-demand row of its model and
+    budget (same routing, same budget) and its efficiency from it."""
+    df = with_labels(runs).assign(policy=lambda d: d["label"], budget=lambda d: d["budget_fraction"].astype(float))
+    if accelerate is not None and len(accelerate):
+        df = pd.concat([df, accelerate.assign(budget=accelerate["budget"].astype(float))], ignore_index=True)
+    base = df[df["policy"] == "on_demand"].set_index(["model", "budget"])["floor_ms_per_token"]
+    for i in df.index[df["policy"] == "hf_accelerate"]:
+        floor = base.get((df.at[i, "model"], df.at[i, "budget"]))
+        if floor is not None and pd.notna(df.at[i, "tpot_ms"]):
+            df.at[i, "floor_ms_per_token"] = floor
+            df.at[i, "efficiency"] = floor / df.at[i, "tpot_ms"]
+    return df
+
+
+def relative_to(table: pd.DataFrame, baseline: str, col: str = "tpot_ms", keys: Sequence[str] = ("model", "budget"),
+                label: str = "policy") -> pd.Series:
+    """`col` of each row over `col` of the `baseline` row with the same keys (TPOT ratio < 1: faster)."""
+    base = table[table[label] == baseline].drop_duplicates(list(keys)).set_index(list(keys))[col]
+    ref = [base.get(k, np.nan) for k in table[list(keys)].itertuples(index=False, name=None)]
+    return table[col].astype(float) / np.asarray(ref, dtype=float)
 
 
 def peers_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, budget, system), systems in PEERS_ORDER: speed, the floor, and where time goes."""
+    """One row per (model, budget, system), systems in PEERS_ORDER: speed, TPOT against on-demand's, the floor,
+    and where time goes."""
+    rows = rows.assign(vs_on_demand=relative_to(rows, "on_demand"))
     df = rows[[c for c in PEERS_COLS if c in rows]].copy()
     df["order"] = [PEERS_ORDER.index(p) if p in PEERS_ORDER else len(PEERS_ORDER) for p in df["policy"]]
     return df.sort_values(["model", "budget", "order"]).drop(columns="order").reset_index(drop=True)
