@@ -351,9 +351,10 @@ class OffloadExecutor:
         rows: list[list[int]] | None, logits: torch.Tensor | None, top_k_index: torch.Tensor,
         top_k_weights: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """`execution.speculative=predicted`: each token runs its predicted top_k with the softmax of the predicted
-        router logits over them (as Speculating Experts' released code does); the true router is not used. A
-        layer without a prediction (the first `distance` MoE layers of a step) runs the router's choice."""
+        """`execution.speculative=predicted`: each token runs its predicted top_k with the softmax of the predictor's
+        scores over them (layer l+d's router logits on the quasi-hidden state, as Speculating Experts' released code
+        does, or a learned MLP's scores); the true router's choice and weights are not used. A layer without a
+        prediction (the first `distance` MoE layers of a step) runs the router's choice."""
         k = top_k_index.shape[1]
         if rows is None or logits is None or len(rows) != top_k_index.shape[0] or min(map(len, rows)) < k:
             return None
