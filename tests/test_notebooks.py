@@ -20,14 +20,14 @@ BENCHMARK_NOTEBOOKS = ["peers"]  # notebooks of a benchmark script's results, no
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.py") if p.stem not in BENCHMARK_NOTEBOOKS)
 # shorter sweeps than the experiments' own, same code paths (the notebook draws whatever points exist)
 SHORTER = {
-    "prediction_recall": ["model=tiny"],
+    "prediction_recall": ["model=tiny", "+experiment/predictor=glob(*,exclude=mlp)"],  # tiny has no committed MLPs
     "spac_signals": ["model=tiny", "decoding.gamma=2,4"],
     "budget_sweep": ["policy=on_demand,oracle", "budget.fraction=0.25,0.5"],
     "spec_exec_accuracy": ["prefetch.distance=1", "workload.num_prompts=2"],  # both workloads
     "spac_ablation": ["+experiment/spac_variant=spac,sd_on_demand,ar_binary", "workload=builtin"],
-    "spec_exec_tasks": ["+experiment/predictor=qhs_d1", "workload.num_prompts=1", "workload.prompt_lines=4",
-                        "workload.ppl_docs=1", "eval.limit=2", "eval.max_length=96", "eval.gen_kwargs={max_gen_toks:4}",
-                        "eval.bootstrap_iters=0"],
+    "spec_exec_tasks": ["+experiment/predictor=qhs_d1", "execution.speculative=none,predicted",
+                        "workload.num_prompts=1", "workload.prompt_lines=4", "workload.ppl_docs=1", "eval.limit=2",
+                        "eval.max_length=96", "eval.gen_kwargs={max_gen_toks:4}", "eval.bootstrap_iters=0"],
 }
 
 

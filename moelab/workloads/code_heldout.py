@@ -2,7 +2,8 @@
 
 The held-out files are the ones the trainer never saw: the same path hash and `val_permille` as
 `moelab.train` (its v1 recipe holds out 10 per mille). `split=train` cuts them from the training
-files instead, for what must not see the held-out ones (the learned predictors' training traces). Files are taken in hash order; from each,
+files instead, for what must not see the held-out ones (the learned predictors' training traces).
+Files are taken in hash order; from each,
 one prompt of `prompt_lines` lines starts at a line chosen from the file's own hash, so the prompts
 depend only on which files are installed, not on the machine's other state or a seed.
 """
@@ -16,7 +17,6 @@ from moelab.core.errors import ConfigError
 from moelab.core.registry import register
 from moelab.train.corpus import SourceFile, list_sources, read_split
 from moelab.workloads.base import Workload
-
 
 SPLITS = ("heldout", "train")
 
@@ -90,4 +90,5 @@ class CodeHeldoutWorkload(Workload):
         return self.docs[: self.ppl_docs]
 
     def describe(self) -> dict[str, str]:
-        return {"workload_source": f"{'held-out' if self.split == 'heldout' else 'training-split'} installed Python sources ({len(self.sources)} files)"}
+        split = "held-out" if self.split == "heldout" else "training-split"
+        return {"workload_source": f"{split} installed Python sources ({len(self.sources)} files)"}
