@@ -50,7 +50,7 @@ POLICIES: list[tuple[str, list[str]]] = [
 ]
 # the other predictors at one budget (recall only), and a qhs state variant that is an ablation, not a predictor
 RECALL_ONLY = [*((label, ov) for label, ov in PREDICTORS.items() if label not in ("ar_binary", "qhs d=1", "oracle")),
-               ("qhs default-vector", ["policy=qhs", "prefetch.state=post_attn_default"])]
+               ("qhs post_attn_default", ["policy=qhs", "prefetch.state=post_attn_default"])]
 REPLAY_MODELS = [("mixtral", 6), ("qwen3_moe", 12)]
 KEYS = ["section", "model", "budget", "policy"]
 METRICS = ["tpot_ms", "tpot_median_ms", "vs_none", "tokens_per_s", "hit_rate", "prediction_topk_recall",

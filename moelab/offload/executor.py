@@ -346,6 +346,16 @@ class OffloadExecutor:
         w = torch.softmax(key.gather(1, pick), dim=1) * top_k_weights.float().sum(dim=1, keepdim=True)
         return idx, w.to(top_k_weights.dtype)
 
+    def predicted_routing(self, layer: int, top_k_index: torch.Tensor,
+                          top_k_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Under `execution.speculative=predicted`, the experts and weights layer `layer` will run in place of the
+        router's `top_k_index`/`top_k_weights` (nothing consumed), else None. The released code's default-vector
+        state combines layer l's default vectors with these: its true router is never computed."""
+        if self.execution.speculative != "predicted":
+            return None
+        return self._run_predicted(self._candidates.get(layer), self._predicted_logits.get(layer), top_k_index,
+                                   top_k_weights)
+
     @staticmethod
     def _run_predicted(
         rows: list[list[int]] | None, logits: torch.Tensor | None, top_k_index: torch.Tensor,
