@@ -49,6 +49,7 @@ def test_spec_exec_tasks_sweeps_predictors_by_weights_mode():
     for predictor in params["+experiment/predictor"].split(","):
         c = composed("+experiment=spec_exec_tasks", f"+experiment/predictor={predictor}", "model=code_moe_fine")
         assert c["prefetch"]["name"] in ("qhs", "mlp") and c["workload"]["split"] == "heldout"
+        assert c["prefetch"]["name"] != "mlp" or c["prefetch"]["path"].endswith("predictors/code_moe_fine_d1")
     assert cfg["workload"]["name"] == "code_heldout" and cfg["reference"] is True
 
 
