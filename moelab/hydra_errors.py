@@ -38,7 +38,7 @@ def compose_error(overrides: Sequence[str], config_dir: Path, config_name: str) 
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir.resolve()), version_base=None):
-            for point in sweep_choices(list(overrides)):
+            for point in sweep_choices(list(overrides), config_dir):
                 try:
                     compose(config_name, overrides=point, return_hydra_config=True)
                 except Exception as e:
@@ -50,13 +50,23 @@ def compose_error(overrides: Sequence[str], config_dir: Path, config_name: str) 
     return None
 
 
-def sweep_choices(overrides: list[str]) -> list[list[str]]:
+def sweep_choices(overrides: list[str], config_dir: Path) -> list[list[str]]:
     """The first point of the sweep, then each other choice of each swept key with the first point's rest."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
+
+    def values(o: Any) -> list[str]:
+        if isinstance(o.value(), Glob):  # glob(...) of a config group: its files, as Hydra's sweeper expands it
+            names = sorted(p.stem for p in (config_dir / o.key_or_group).glob("*.yaml"))
+            found = list(o.value().filter(names))
+            if not found:
+                raise ValueError(f"{o.input_line} matches no config of {o.key_or_group}; allowed: {', '.join(names)}")
+            return found
+        return list(o.sweep_string_iterator())
 
     parsed = OverridesParser.create().parse_overrides(overrides)
     choices = [[o.input_line] if not o.is_sweep_override() else
-               [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
+               [f"{o.get_key_element()}={v}" for v in values(o)] for o in parsed]
     first = [c[0] for c in choices]
     points = [first]
     for i, c in enumerate(choices):

@@ -185,9 +185,9 @@ def make_lookahead(om: OffloadedModel, executor: OffloadExecutor, prefetch: Any,
     mode = executor.execution.speculative
     if spec is None and mode == "none":
         return None
-    if mode == "predicted" and (spec is None or spec.scorer != "router" or replay is not None):
-        raise ConfigError("execution.speculative=predicted runs the predicted router's own top_k: it needs "
-                          "prefetch=qhs (router scorer) and routing=native; allowed modes otherwise: none, router")
+    if mode == "predicted" and (spec is None or replay is not None):
+        raise ConfigError("execution.speculative=predicted runs the predictor's own top_k: it needs a per-token "
+                          "predictor (prefetch=qhs or mlp) and routing=native; allowed modes otherwise: none, router")
     if mode == "predicted" and spec.k is not None and spec.k < om.spec.top_k:
         raise ConfigError(f"execution.speculative=predicted runs the predicted top_k: prefetch.k={spec.k} must be "
                           f"null or >= top_k={om.spec.top_k}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -16,26 +17,36 @@ from omegaconf import DictConfig, OmegaConf
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
-@hydra.main(version_base=None, config_path=CONF, config_name="train_predictor")
-def main(cfg: DictConfig) -> None:
-    from moelab.core.errors import ConfigError, MoelabError
+def train_and_save(c: dict[str, Any]) -> tuple[Path, Any]:
+    """Record the trace of the run `c` (a resolved train_predictor config), train, save; the folder and report."""
+    from moelab.core.errors import ConfigError
     from moelab.predictors.mlp import save_predictors
     from moelab.predictors.train import train_predictors
     from moelab.runner import run
 
-    c = OmegaConf.to_container(cfg, resolve=True)
+    c = dict(c)
     p = c.pop("predictor")
+    if c["routing"]["name"] != "native":
+        raise ConfigError("predictors learn from the model's own hidden states: use routing=native")
+    row = run({**c, "record_trace": True, "record_states": True})
+    models, info, report = train_predictors(
+        row["trace_path"], distance=int(p["distance"]), width=int(p["width"]), epochs=int(p["epochs"]),
+        lr=float(p["lr"]), batch_size=int(p["batch_size"]), weight_decay=float(p["weight_decay"]),
+        val_every=int(p["val_every"]), seed=int(c.get("seed", 0)), progress=bool(c.get("progress", True)))
+    out = Path(p["out"] or Path(row["trace_path"]).parent / f"predictors_d{p['distance']}")
+    workload = c["workload"]
+    info["workload"] = {k: workload[k] for k in ("name", "split", "num_prompts", "max_new_tokens") if k in workload}
+    save_predictors(out, models, info)
+    report.to_csv(out / "report.csv", index=False)
+    return out, report
+
+
+@hydra.main(version_base=None, config_path=CONF, config_name="train_predictor")
+def main(cfg: DictConfig) -> None:
+    from moelab.core.errors import MoelabError
+
     try:
-        if c["routing"]["name"] != "native":
-            raise ConfigError("predictors learn from the model's own hidden states: use routing=native")
-        row = run({**c, "record_trace": True, "record_states": True})
-        models, info, report = train_predictors(
-            row["trace_path"], distance=int(p["distance"]), width=int(p["width"]), epochs=int(p["epochs"]),
-            lr=float(p["lr"]), batch_size=int(p["batch_size"]), weight_decay=float(p["weight_decay"]),
-            val_every=int(p["val_every"]), seed=int(c.get("seed", 0)), progress=bool(c.get("progress", True)))
-        out = Path(p["out"] or Path(row["trace_path"]).parent / f"predictors_d{p['distance']}")
-        save_predictors(out, models, info)
-        report.to_csv(out / "report.csv", index=False)
+        out, report = train_and_save(OmegaConf.to_container(cfg, resolve=True))
     except MoelabError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

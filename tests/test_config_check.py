@@ -66,6 +66,11 @@ def test_config_name_typo_and_a_good_command():
     msg = compose_error([], ROOT / "conf", "confg")
     assert "no config named 'confg'" in msg and "allowed: config, train_predictor, training" in msg
     assert compose_error(["policy=qhs,spac", "budget=half"], ROOT / "conf", "config") is None
+    # a glob over a config group is expanded as the sweeper expands it; one that matches nothing names the files
+    glob = ["+experiment=prediction_recall", "model=tiny", "+experiment/predictor=glob(*,exclude=mlp)"]
+    assert compose_error(glob, ROOT / "conf", "config") is None
+    msg = compose_error([*glob[:2], "+experiment/predictor=glob(nosuch*)"], ROOT / "conf", "config")
+    assert "matches no config" in msg and "qhs_d1" in msg
 
 
 def _installed(module: str) -> bool:

@@ -96,3 +96,17 @@ def test_vectors_saved_from_a_run_are_loaded_fixed(model, tmp_path):
         registry.build("prefetch", {"name": "qhs", "state": "post_attn", "defaults_file": str(path)})
     with pytest.raises(ConfigError, match="default_decay"):
         registry.build("prefetch", {"name": "qhs", "state": "default_vectors", "default_decay": 1.0})
+
+
+def test_under_predicted_weights_the_vectors_are_weighted_by_what_the_layer_runs(model):
+    """The released code never computes the true router under speculative execution: layer l's default vectors
+    are combined with the predicted experts and weights layer l runs, which the executor hands out unconsumed."""
+    om = offloaded_copy(model)
+    ex = executor_with(om, 24, RecordingQhs(state="default_vectors"), speculative="predicted")
+    logits = torch.tensor([[4.0, -1.0, 0.0, 3.0, -2.0, 0.0, 1.0, -3.0]])
+    ex._candidates[1], ex._predicted_logits[1] = [[6, 1, 3]], logits
+    true_idx, true_w = torch.tensor([[0, 3]]), torch.tensor([[0.7, 0.3]])
+    idx, w = ex.predicted_routing(1, true_idx, true_w)
+    assert idx.tolist() == [[6, 1]] and torch.allclose(w, torch.softmax(torch.tensor([[1.0, -1.0]]), 1))
+    assert 1 in ex._candidates and 1 in ex._predicted_logits  # still there for the layer's own run
+    assert executor_with(om, 24, RecordingQhs(state="default_vectors")).predicted_routing(1, true_idx, true_w) is None

@@ -8,7 +8,9 @@ import torch
 
 from moelab.core.errors import ConfigError
 from moelab.core.types import Execution
+from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.plain import PlainModel
+from moelab.predictors.mlp import LayerMlp, MlpScorer
 from tests.conftest import make_executor, offloaded_copy, random_prompts, tiny_hf_model
 from tests.test_prefetch import DEC, generate
 
@@ -81,6 +83,28 @@ def test_predicted_mode_runs_the_predicted_top_k_with_the_predicted_softmax():
     assert idx.tolist() == [[6, 1]]  # the predictor's own top-2, whatever the true router chose
     torch.testing.assert_close(w[0], torch.softmax(torch.tensor([1.0, -1.0]), 0))
     assert ex._run_predicted(None, logits, torch.tensor([[0, 3]]), torch.tensor([[0.7, 0.2]])) is None
+
+
+def test_predicted_mode_with_mlp_predictors_runs_their_top_k_weighted_by_their_scores():
+    """An MLP scorer ranks and weights the layers it covers (the router the others); predicted mode uses both."""
+    om = offloaded_copy(MODEL)
+    torch.manual_seed(0)
+    mlps = {t: LayerMlp(om.spec.hidden_size, 16, om.spec.num_experts).eval() for t in (2, 3)}
+    router = RouterScorer(om)
+    scorer = MlpScorer(mlps, None, router)
+    h = torch.randn(3, om.spec.hidden_size)
+    with torch.no_grad():
+        assert torch.equal(scorer.logits(2, h), mlps[2](h)) and torch.equal(scorer.logits(1, h), router.logits(1, h))
+        assert torch.equal(scorer(3, h, 2), mlps[3](h).topk(2, dim=-1).indices)
+    logits = {}
+    for name, mode, sc in (("mlp", "predicted", scorer), ("qhs", "predicted", None), ("mlp_router", "router", scorer)):
+        ex = make_executor(om, 12, prefetch="qhs", speculative=mode)
+        with om.using(ex), Lookahead(om, ex.prefetch.lookahead, ex, scorer=sc, keep_router_logits=mode == "router",
+                                     predicted_logits=mode == "predicted"):
+            logits[name] = torch.cat(DEC.generate(om, BATCHES, 3, keep_logits=True).logits)
+        assert ex.observers["spec_exec"].pairs > 0
+    assert not torch.equal(logits["mlp"], logits["qhs"])  # the MLPs chose, not the router on the quasi-hidden state
+    assert not torch.equal(logits["mlp"], logits["mlp_router"])  # the MLPs' weights, not the true router's
 
 
 def test_bad_execution_keys_fail_with_the_allowed_values():

@@ -20,7 +20,7 @@ EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("*.py"))
 # shorter sweeps than the experiments' own, same code paths (the notebook draws whatever points exist)
 SHORTER = {
-    "prediction_recall": ["model=tiny"],
+    "prediction_recall": ["model=tiny", "+experiment/predictor=glob(*,exclude=mlp)"],  # tiny has no committed MLPs
     "spac_signals": ["model=tiny", "decoding.gamma=2,4"],
     "budget_sweep": ["policy=on_demand,oracle", "budget.fraction=0.25,0.5"],
     "spec_exec_accuracy": ["prefetch.distance=1", "workload.num_prompts=2"],  # both workloads
@@ -28,9 +28,9 @@ SHORTER = {
     # the replays keep their trace's workload (6 prompts x 32 tokens); the tiny model has code_moe's 16 experts, top-2
     "spac_replay": ["model=tiny", "+experiment/spac_variant=ar_on_demand,spac", "reference=false"],
     "peers": ["model=tiny", "+experiment/system=on_demand,spac", "budget.fraction=0.25", "reference=false"],
-    "spec_exec_tasks": ["+experiment/predictor=qhs_d1", "workload.num_prompts=1", "workload.prompt_lines=4",
-                        "workload.ppl_docs=1", "eval.limit=2", "eval.max_length=96", "eval.gen_kwargs={max_gen_toks:4}",
-                        "eval.bootstrap_iters=0"],
+    "spec_exec_tasks": ["+experiment/predictor=qhs_d1", "execution.speculative=none,predicted",
+                        "workload.num_prompts=1", "workload.prompt_lines=4", "workload.ppl_docs=1", "eval.limit=2",
+                        "eval.max_length=96", "eval.gen_kwargs={max_gen_toks:4}", "eval.bootstrap_iters=0"],
 }
 
 

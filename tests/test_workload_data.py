@@ -124,6 +124,11 @@ def test_code_heldout_prompts_come_from_held_out_files_deterministically():
     assert not set(w.ppl_texts()) & set(texts)  # perplexity documents are other held-out files
     heldout_texts.cache_clear()  # a fresh scan of the installed sources picks the same prompts
     assert CodeHeldoutWorkload(num_prompts=3, ppl_docs=2, prompt_lines=6).prompts == w.prompts
+    # split=train: the trainer's own files (what the committed predictors learned from), never a held-out one
+    train = CodeHeldoutWorkload(num_prompts=3, ppl_docs=0, prompt_lines=6, split="train")
+    assert len(train.prompts) == 3 and not any(f.is_val(10) for f in train.sources)
+    with pytest.raises(ConfigError, match="split must be one of heldout, train"):
+        CodeHeldoutWorkload(split="val")
 
 
 def test_corpus_perplexity_weights_documents_by_their_tokens():

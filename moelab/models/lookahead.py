@@ -12,7 +12,8 @@ all three are here and `prediction_topk_recall` measures them):
   output, a "default vector" standing in for the update that is still missing.
 - `default_vectors`: Speculating Experts' released code: the same residual plus the gate-weighted
   sum of per-expert default vectors of layer l, s_l + sum_k w_{l,k} d_{l,k}, with layer l's own
-  routing (its router's top-k weights and experts, known before its experts run). d_{l,e} is a
+  routing (its router's top-k weights and experts, known before its experts run; under
+  `execution.speculative=predicted` the predicted ones layer l runs instead, as in the released code). d_{l,e} is a
   running mean (EMA per layer call, `default_decay`) of expert e's unweighted outputs, read from the
   executor's output taps; or, as the released code loads precomputed ones, fixed vectors from a file
   (`save_default_vectors` writes one from a run). An expert not yet seen contributes nothing.
@@ -197,6 +198,9 @@ class Lookahead:
             table = self.expert_defaults.get(source)
             if table is not None and self.replay is None:
                 weights, idx = output[1].detach(), output[2]
+                ran = self.executor.predicted_routing(source, idx, weights)
+                if ran is not None:  # speculative execution with predicted weights: what layer l runs instead
+                    idx, weights = ran
                 dv = (weights.float().reshape(*idx.shape, 1) * table[idx.reshape(idx.shape[0], -1)]).sum(1)
                 h = h + dv.to(h.dtype)
             self.executor.stage_prediction(source, target, *self._rank(source, target, h))

@@ -346,14 +346,25 @@ class OffloadExecutor:
         w = torch.softmax(key.gather(1, pick), dim=1) * top_k_weights.float().sum(dim=1, keepdim=True)
         return idx, w.to(top_k_weights.dtype)
 
+    def predicted_routing(self, layer: int, top_k_index: torch.Tensor,
+                          top_k_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Under `execution.speculative=predicted`, the experts and weights layer `layer` will run in place of the
+        router's `top_k_index`/`top_k_weights` (nothing consumed), else None. The released code's default-vector
+        state combines layer l's default vectors with these: its true router is never computed."""
+        if self.execution.speculative != "predicted":
+            return None
+        return self._run_predicted(self._candidates.get(layer), self._predicted_logits.get(layer), top_k_index,
+                                   top_k_weights)
+
     @staticmethod
     def _run_predicted(
         rows: list[list[int]] | None, logits: torch.Tensor | None, top_k_index: torch.Tensor,
         top_k_weights: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """`execution.speculative=predicted`: each token runs its predicted top_k with the softmax of the predicted
-        router logits over them (as Speculating Experts' released code does); the true router is not used. A
-        layer without a prediction (the first `distance` MoE layers of a step) runs the router's choice."""
+        """`execution.speculative=predicted`: each token runs its predicted top_k with the softmax of the predictor's
+        scores over them (layer l+d's router logits on the quasi-hidden state, as Speculating Experts' released code
+        does, or a learned MLP's scores); the true router's choice and weights are not used. A layer without a
+        prediction (the first `distance` MoE layers of a step) runs the router's choice."""
         k = top_k_index.shape[1]
         if rows is None or logits is None or len(rows) != top_k_index.shape[0] or min(map(len, rows)) < k:
             return None

@@ -71,6 +71,14 @@ class MlpScorer:
             return self.fallback(target, state, k)
         return m(state).topk(k, dim=-1).indices
 
+    def logits(self, target: int, state: torch.Tensor) -> torch.Tensor:
+        """Scores [T, E] that rank layer `target`'s experts (the MLP's, else the fallback's router logits):
+        `execution.speculative=predicted` weights the predicted top_k by their softmax."""
+        m = self.models.get(target)
+        if m is None:
+            return self.fallback.logits(target, state)
+        return m(state).float()
+
 
 def mlp_scorer(om: Any, path: str, layers: tuple[int, ...] | None, fallback: Scorer) -> MlpScorer:
     """Load predictors for `om`, checking they were trained for its shape."""
