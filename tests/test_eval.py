@@ -136,3 +136,17 @@ def test_moelab_lm_eval_is_an_installed_command_running_the_harness():
 
     (script,) = entry_points(group="console_scripts", name="moelab-lm-eval")
     assert script.load() is harness.main
+
+
+@pytest.mark.parametrize("model", ["code_moe", "code_moe_fine"])
+def test_code_line_tasks_cut_where_the_tokenizer_does(model):
+    """Context and target of every shipped code-line example tokenize apart exactly as they do together: the
+    model scored on a target starts from the tokens it saw in training (a context ending in a bare newline
+    before indented code did not, and exact match was 0 even for the un-offloaded model)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ROOT / "checkpoints" / "v1" / model)
+    rows = [json.loads(line) for line in (ROOT / "moelab" / "eval" / "task_configs" / "code_lines.jsonl").open()]
+    assert len(rows) == 40
+    for r in rows:
+        assert tok.encode(r["context"]) + tok.encode(r["target"]) == tok.encode(r["context"] + r["target"]), r

@@ -1,5 +1,12 @@
 """The code-line completion task's data: a few source lines, and the next line the model is to write.
 
+The cut between context and target falls where a byte-level BPE pre-tokenizer splits the text itself: a
+newline and all but the last space of the next line's indentation end the context, the target starts with
+that last space and the code (" return x"). Cutting after the bare newline would leave the context ending in
+a token the model never saw before indented code, and exact match would score near zero even without
+offloading. An unindented line right after a blank one has no such cut (the two newlines split apart only
+before code), so it is never a target.
+
 Cut from held-out Python sources (the split the trainer never saw), one example per file, in hash order.
 `python -m moelab.eval.code_lines OUT.jsonl [--n N] [--val-permille P] [--all-packages]` writes a fresh
 file; the shipped task_configs/code_lines.jsonl holds standard-library files only, so it is the same on every
@@ -19,19 +26,22 @@ from moelab.train.corpus import list_sources, read_split
 def code_line_examples(n: int, val_permille: int = 10, context_lines: int = 8, stdlib_only: bool = True,
                        max_line_chars: int = 80, per_file: int = 3) -> list[dict[str, str]]:
     """`n` examples {"context", "target", "source"}: the target is a non-blank line of at most
-    `max_line_chars` characters (indentation included), the context the `context_lines` lines before it;
+    `max_line_chars` characters (from its indentation's last space on), the context the `context_lines`
+    lines before it and the rest of the indentation;
     up to `per_file` examples per file, at positions drawn from the file's own hash."""
     out = []
     files = [f for f in list_sources() if not stdlib_only or f.rel.startswith("stdlib/")]
     for f, text in read_split(files, True, val_permille, max_bytes=1 << 62):
         lines = text.splitlines()
         ends = [i for i in range(context_lines, len(lines))
-                if lines[i].strip() and len(lines[i]) <= max_line_chars and not lines[i].lstrip().startswith("#")]
+                if lines[i].strip() and len(lines[i]) <= max_line_chars and not lines[i].lstrip().startswith("#")
+                and (lines[i][0].isspace() or lines[i - 1].strip())]  # unindented after a blank: no clean cut
         if not ends:
             continue
         for i in sorted(random.Random(f.digest).sample(ends, min(per_file, len(ends)))):
-            out.append({"context": "\n".join(lines[i - context_lines : i]) + "\n", "target": lines[i],
-                        "source": f.rel})
+            cut = max(0, len(lines[i]) - len(lines[i].lstrip()) - 1)  # keep the indentation's last space
+            out.append({"context": "\n".join(lines[i - context_lines : i]) + "\n" + lines[i][:cut],
+                        "target": lines[i][cut:], "source": f.rel})
             if len(out) == n:
                 return out
     return out
