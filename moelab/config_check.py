@@ -141,3 +141,12 @@ def num_prompts_within_workload(c: Mapping[str, Any], comps: Any, spec: ModelSpe
     if int(want) > have:
         raise ConfigError(f"workload.num_prompts={want} but the {comps.workload.name} workload has {have} prompts; "
                           f"allowed: 1..{have}, or null for all")
+
+
+@check("config")
+def trace_needs_the_true_router(c: Mapping[str, Any]) -> None:
+    skip = (c.get("execution") or {}).get("true_router") == "skip"
+    if skip and c.get("record_trace") is True:
+        raise ConfigError("record_trace=true records the true router's choice and logits, which "
+                          "execution.true_router=skip does not compute; allowed with record_trace=true: "
+                          "execution.true_router=compute")

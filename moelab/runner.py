@@ -205,7 +205,8 @@ def make_lookahead(om: OffloadedModel, executor: OffloadExecutor, prefetch: Any,
     # under replay the model's own routers did not choose: speculative execution ranks candidates by order
     return Lookahead(om, spec, executor, scorer=scorer, replay=replay,
                      keep_router_logits=mode == "router" and replay is None,
-                     predicted_logits=mode == "predicted")
+                     predicted_logits=mode == "predicted",
+                     skip_router=executor.execution.true_router == "skip")
 
 
 @contextmanager

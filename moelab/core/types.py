@@ -61,13 +61,14 @@ class RoutingEvent:
 class LayerCall:
     """One MoE layer call as it ran: the router's choice and what was executed, per (token, k) pair, flat [T * K].
     Observers (moelab.observers) measure from it; `executed` differs from `router_choice` only under
-    speculative execution."""
+    speculative execution. `router_choice` is None where the true router was not computed
+    (`execution.true_router=skip`): what needs it cannot be measured for that call."""
 
     step: int
     layer: int
     phase: str  # "prefill" | "decode" | "verify"
     top_k: int
-    router_choice: tuple[int, ...]  # [T * K]
+    router_choice: tuple[int, ...] | None  # [T * K]; None: the true router did not run
     executed: tuple[int, ...]  # [T * K]
     speculative: bool  # speculative execution replaced the router's choice in this call
 
@@ -163,6 +164,7 @@ class CacheView:
 
 SPECULATIVE_MODES = ("none", "router", "predicted")
 COMPUTE_ORDERS = ("resident_first", "router")
+TRUE_ROUTER_MODES = ("compute", "skip")
 
 
 @dataclass(frozen=True)
@@ -173,17 +175,28 @@ class Execution:
     `speculative`: `none` runs the router's choice (exact); `router` runs, per token, the top_k of the predicted
     experts by the true router's logits, weighted by its softmax renormalised over them; `predicted` runs the
     predicted top_k with the softmax of the predicted router logits over them, without using the true router.
+    `true_router`: `compute` runs the model's router module at every layer (under `predicted` its choice is only
+    measured); `skip` (with `predicted` only) does not run it where a prediction exists: the prediction is the
+    layer's routing, as in Speculating Experts' released code, and the router's cost is saved.
     """
 
     eviction: str = "plan_aware"  # moelab.policies.eviction
     compute_order: str = "resident_first"  # resident_first | router
     max_slot_gap: int = 8  # a grouped GEMM pays per group, empty or not: nearby slots share a call
     speculative: str = "none"
+    true_router: str = "compute"
 
     def __post_init__(self) -> None:
         if self.speculative not in SPECULATIVE_MODES:
             raise ConfigError(f"unknown execution.speculative {self.speculative!r}; "
                               f"allowed: {', '.join(SPECULATIVE_MODES)}")
+        if self.true_router not in TRUE_ROUTER_MODES:
+            raise ConfigError(f"unknown execution.true_router {self.true_router!r}; "
+                              f"allowed: {', '.join(TRUE_ROUTER_MODES)}")
+        if self.true_router == "skip" and self.speculative != "predicted":
+            raise ConfigError(f"execution.true_router=skip runs the prediction in place of the router: it needs "
+                              f"execution.speculative=predicted, got {self.speculative}; allowed with "
+                              f"speculative={self.speculative}: true_router=compute")
         if self.compute_order not in COMPUTE_ORDERS:
             raise ConfigError(f"unknown execution.compute_order {self.compute_order!r}; "
                               f"allowed: {', '.join(COMPUTE_ORDERS)}")

@@ -72,8 +72,9 @@ class RouterScorer:
 class Lookahead:
     """Hooks that compute a predictor's view of layer l+d while layer l runs and hand it to the executor.
 
-    Also keeps each router's full logits for the executor when speculative execution needs them.
-    Use as a context manager around the generation that should see it.
+    Also keeps each router's full logits for the executor when speculative execution needs them, and with
+    `skip_router` (execution.true_router=skip) makes each predicted layer's router hand over the prediction
+    instead of computing. Use as a context manager around the generation that should see it.
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class Lookahead:
         keep_router_logits: bool = False,
         predicted_logits: bool = False,
         default_decay: float | None = None,
+        skip_router: bool = False,
     ):
         spec = spec or LookaheadSpec(distance=len(om.spec.moe_layers))  # router logits only, no prediction
         if spec.state not in STATES:
@@ -111,6 +113,9 @@ class Lookahead:
         if self.fixed_defaults:
             self._load_defaults(Path(spec.defaults_path))
         self._states: dict[int, torch.Tensor] = {}  # layer -> post-attention residual of the current call
+        self.skip_router = skip_router
+        self._routing_dtypes: tuple[torch.dtype, torch.dtype] | None = None  # (ids, weights) as the router returns
+        self._router_forwards: list[tuple[nn.Module, Any]] = []  # (router, the forward it had before)
         self._predicting = False
         self._hooks: list[Any] = []
 
@@ -120,6 +125,8 @@ class Lookahead:
         moe = list(om.spec.moe_layers)
         d = int(self.spec.distance)
         for i, layer in enumerate(moe):
+            if self.skip_router:
+                self._replace_router(layer, adapter.router(adapter.moe_block(layers[layer])))
             if self.keep_router_logits:
                 router = adapter.router(adapter.moe_block(layers[layer]))
                 self._hooks.append(router.register_forward_hook(self._keep_logits(layer)))
@@ -147,11 +154,40 @@ class Lookahead:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        for router, previous in self._router_forwards:
+            if previous is None:
+                del router.forward  # the class's own forward again
+            else:
+                router.forward = previous
+        self._router_forwards = []
         self.executor.router_logits.clear()
         if self._track_expert_outputs in self.executor.output_taps:
             self.executor.output_taps.remove(self._track_expert_outputs)
 
     # ---------------------------------------------------------------- hooks
+    def _replace_router(self, layer: int, router: nn.Module) -> None:
+        """`execution.true_router=skip`: the router's forward returns (None, predicted weights, predicted ids) where
+        layer `layer` has a prediction, without computing anything of its own; else (the first `distance` MoE
+        layers of a step, the scorers' own calls) it computes as always. The ids' and weights' dtypes are those the
+        model's routers returned at the step's first layer, so the block gets what its router would give."""
+        previous = router.__dict__.get("forward")  # an instance-level forward someone else installed
+        compute = router.forward
+
+        def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if not self._predicting and self._routing_dtypes is not None:
+                ran = self.executor.routing_instead_of_router(
+                    layer, hidden_states.numel() // hidden_states.shape[-1], self.om.spec.top_k,
+                    *self._routing_dtypes, hidden_states.device)
+                if ran is not None:
+                    return None, ran[1], ran[0]  # no logits: nothing computed them
+            out = compute(hidden_states, *args, **kwargs)
+            if not self._predicting:
+                self._routing_dtypes = (out[2].dtype, out[1].dtype)
+            return out
+
+        router.forward = forward
+        self._router_forwards.append((router, previous))
+
     def _rank(self, source: int, target: int, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Ranked experts [T, k] for `target`, and its predicted router logits [T, E] when they are wanted."""
         if self.replay is not None:

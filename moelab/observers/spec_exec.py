@@ -12,7 +12,8 @@ from moelab.observers.base import Observer
 @register("observer", "spec_exec")
 class SpecExecChanges(Observer):
     """`spec_exec_changed`: over (token, k) pairs run under speculative execution, the share whose executed
-    expert is not among that token's router choices."""
+    expert is not among that token's router choices. NaN when any speculative call ran without its router
+    (execution.true_router=skip): a share over the other calls alone would not be the run's."""
 
     name = "spec_exec"
 
@@ -20,13 +21,18 @@ class SpecExecChanges(Observer):
         super().reset()
         self.pairs = 0
         self.changed = 0
+        self.unmeasured = 0  # speculative calls whose router did not run
 
     def on_layer(self, call: LayerCall) -> None:
         if not call.speculative:
+            return
+        if call.router_choice is None:
+            self.unmeasured += 1
             return
         k = call.top_k
         self.pairs += len(call.executed)
         self.changed += sum(e not in call.router_choice[t - t % k : t - t % k + k] for t, e in enumerate(call.executed))
 
     def row(self) -> dict[str, Any]:
-        return {"spec_exec_changed": self.changed / self.pairs if self.pairs else float("nan")}
+        measured = self.pairs and not self.unmeasured
+        return {"spec_exec_changed": self.changed / self.pairs if measured else float("nan")}

@@ -7,7 +7,8 @@ kernels and the timeline; the decisions are the policies' (moelab.policies) and 
     router top_k_index [T, K] (+ speculative candidates, staged predictions)
       |  HostRead.read()            the layer's one device->host sync
       v
-    speculative execution?          execution.speculative: none | router | predicted
+    speculative execution?          execution.speculative: none | router | predicted (with true_router=skip
+                                    the prediction arrives as the router's output: nothing to replace)
       v
     observers.on_layer(LayerCall)   recall, signals, spec-exec changes (measure only)
     prefetch.on_routing / on_prediction -> PrefetchRequests
@@ -158,6 +159,7 @@ class OffloadExecutor:
         self._requested: dict[int, dict[int, float]] = {}  # layer -> expert -> priority, since the layer last ran
         self._candidates: dict[int, list[list[int]]] = {}  # layer -> per-token predicted experts
         self._predicted_logits: dict[int, torch.Tensor] = {}  # layer -> predicted router logits [T, E]
+        self._router_skipped: set[int] = set()  # layers whose routing the prediction gave, the router not run
         self._plan: dict[ExpertKey, float] = {}  # the policy's latest requests (resident ones too) by priority
         self.router_logits = {}
         if self.slot_guard is not None:
@@ -365,12 +367,34 @@ class OffloadExecutor:
         scores over them (layer l+d's router logits on the quasi-hidden state, as Speculating Experts' released code
         does, or a learned MLP's scores); the true router's choice and weights are not used. A layer without a
         prediction (the first `distance` MoE layers of a step) runs the router's choice."""
-        k = top_k_index.shape[1]
-        if rows is None or logits is None or len(rows) != top_k_index.shape[0] or min(map(len, rows)) < k:
+        return OffloadExecutor._predicted_top_k(rows, logits, top_k_index.shape[0], top_k_index.shape[1],
+                                                top_k_index.dtype, top_k_weights.dtype, top_k_index.device)
+
+    @staticmethod
+    def _predicted_top_k(
+        rows: list[list[int]] | None, logits: torch.Tensor | None, num_tokens: int, k: int,
+        index_dtype: torch.dtype, weight_dtype: torch.dtype, device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The predicted top_k [T, K] and their softmax weights [T, K], in the dtypes the router returns; None
+        without a usable prediction (none, another token count, or fewer than k experts for a token)."""
+        if rows is None or logits is None or len(rows) != num_tokens or min(map(len, rows)) < k:
             return None
-        idx = torch.tensor([r[:k] for r in rows], dtype=top_k_index.dtype, device=top_k_index.device)  # [T, K]
+        idx = torch.tensor([r[:k] for r in rows], dtype=index_dtype, device=device)  # [T, K]
         w = torch.softmax(logits.float().reshape(idx.shape[0], -1).gather(1, idx), dim=1)  # [T, K]
-        return idx, w.to(top_k_weights.dtype)
+        return idx, w.to(weight_dtype)
+
+    def routing_instead_of_router(
+        self, layer: int, num_tokens: int, k: int, index_dtype: torch.dtype, weight_dtype: torch.dtype,
+        device: torch.device,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """`execution.true_router=skip`: the predicted experts and weights that stand for layer `layer`'s router
+        output (its prediction consumed; the layer call then runs them as they are, without speculating again),
+        or None where the layer has no prediction and its router must run."""
+        ran = self._predicted_top_k(self._candidates.pop(layer, None), self._predicted_logits.pop(layer, None),
+                                    num_tokens, k, index_dtype, weight_dtype, device)
+        if ran is not None:
+            self._router_skipped.add(layer)
+        return ran
 
     # ------------------------------------------------------------------ the MoE layer
     def run_layer(
@@ -386,10 +410,12 @@ class OffloadExecutor:
         info = self._step
         rec = self.recorder
         wanted = self._requested.pop(layer, None)
+        skipped = layer in self._router_skipped  # the prediction came in place of the router's output
+        self._router_skipped.discard(layer)
         speculated = self._speculate(layer, top_k_index, top_k_weights, wanted) \
-            if self.execution.speculates else None
+            if self.execution.speculates and not skipped else None
         staged = self._staged.pop(layer, [])
-        read = HostRead(top_k_index)  # the router's choice [T, K]
+        read = HostRead(top_k_index)  # the router's choice [T, K], or the prediction standing for it
         if speculated is not None:
             read.add(speculated[0])  # what runs instead of it [T, K]
         for _, ranked in staged:
@@ -402,8 +428,9 @@ class OffloadExecutor:
             chosen, *rest = rest
             top_k_index, top_k_weights = speculated
         predictions = [(target, HostRead.rows(flat, ranked.shape[-1])) for (target, ranked), flat in zip(staged, rest)]
-        self.observers.on_layer(LayerCall(info.step, layer, info.phase, top_k_index.shape[1], tuple(true_choice),
-                                          tuple(chosen), speculated is not None))
+        self.observers.on_layer(LayerCall(info.step, layer, info.phase, top_k_index.shape[1],
+                                          None if skipped else tuple(true_choice), tuple(chosen),
+                                          skipped or speculated is not None))
         counts = Counter(chosen)
         experts = sorted(counts)
         ncounts = [counts[e] for e in experts]
