@@ -26,6 +26,10 @@ BAD_VALUES = {
     "replay_without_trace": (["routing=replay"], ["routing.trace is not set", "record_trace=true"]),
     "top_level_key": (["+sede=1"], ["'sede'", "seed"]),
     "boolean": (["record_trace=maybe"], ["record_trace", "true or false"]),
+    "true_router_skip_without_predicted": (["execution.true_router=skip"],
+                                           ["true_router=skip", "speculative=predicted, got none"]),
+    "true_router_skip_with_trace": (["prefetch=qhs", "execution.speculative=predicted", "execution.true_router=skip",
+                                     "record_trace=true"], ["record_trace=true", "true_router=compute"]),
 }
 
 
