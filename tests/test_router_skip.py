@@ -4,6 +4,7 @@ otherwise the `true_router=compute` run: the same experts with the same weights,
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from dataclasses import replace
@@ -12,8 +13,9 @@ import pytest
 import torch
 
 from moelab.core.errors import ConfigError
-from moelab.core.types import Execution
+from moelab.core.types import Execution, LayerCall
 from moelab.models.lookahead import Lookahead, RouterScorer
+from moelab.observers.spac_signals import SignalComparison
 from moelab.predictors.mlp import LayerMlp, MlpScorer
 from tests.conftest import make_executor, offloaded_copy, random_prompts, tiny_hf_model
 from tests.test_prefetch import DEC
@@ -85,3 +87,14 @@ def test_skip_is_refused_without_predicted_weights():
             Execution(speculative=mode, true_router="skip")
     with pytest.raises(ConfigError, match="allowed: compute, skip"):
         Execution(speculative="predicted", true_router="never")
+
+
+def test_signal_comparison_leaves_out_layers_whose_router_did_not_run():
+    obs = SignalComparison()
+    obs.reset()
+    for step in (0, 1):  # two consecutive verification passes; layer 1's router was skipped in the second
+        obs.on_layer(LayerCall(step, 0, "verify", 2, (1, 2, 1, 3), (1, 2, 1, 3), False))
+        obs.on_layer(LayerCall(step, 1, "verify", 2, (4, 5, 4, 6) if step == 0 else None, (4, 5, 4, 6), True))
+    row = obs.row()
+    assert list(json.loads(row["signal_layers"])["binary_recall"]) == ["0"]  # layer 0 measured, layer 1 not
+    assert all(math.isnan(v) for k, v in row.items() if k != "signal_layers") and len(row) == 7
