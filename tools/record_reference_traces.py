@@ -20,6 +20,7 @@ import hashlib
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,21 +90,32 @@ def record(version: Path, target: str, kind: str, new_tokens: int, out: Path, re
             "token_agreement": row.get("token_agreement"), "wall_s": round(row["wall_s"], 1)}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--version", default=str(ROOT / "checkpoints" / "v1"), help="folder with the targets and draft")
+def reference_args(doc: str, folder: str, own: Callable[[argparse.ArgumentParser], None]
+                   ) -> tuple[argparse.Namespace, Path, Path]:
+    """The options of the tools that add files to a reference version (--version, --targets, --out, --threads) and
+    `own`'s; returns the arguments, the version folder and the output folder (default <version>/<folder>)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", default=str(ROOT / "checkpoints" / "v1"), help="folder with the reference models")
     ap.add_argument("--targets", default=",".join(TARGETS))
-    ap.add_argument("--kinds", default=",".join(KINDS), help="ar and/or g<gamma>")
-    ap.add_argument("--new-tokens", type=int, default=32, help="new tokens per built-in prompt")
-    ap.add_argument("--out", default=None, help="where the traces go (default: <version>/traces)")
+    ap.add_argument("--out", default=None, help=f"where the files go (default: <version>/{folder})")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy small machine)")
+    own(ap)
     args = ap.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     version = Path(args.version).resolve()
-    out = Path(args.out).resolve() if args.out else version / "traces"
+    return args, version, Path(args.out).resolve() if args.out else version / folder
+
+
+def _own_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--kinds", default=",".join(KINDS), help="ar and/or g<gamma>")
+    ap.add_argument("--new-tokens", type=int, default=32, help="new tokens per built-in prompt")
+
+
+def main() -> None:
+    args, version, out = reference_args(__doc__ or "", "traces", _own_args)
     jobs = [(t, k) for t in args.targets.split(",") for k in args.kinds.split(",")]
     for t, k in jobs:
         overrides(version, t, k, 1, out)  # bad kinds end here, before any weight is read

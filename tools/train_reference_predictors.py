@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from record_reference_traces import TARGETS, _rel, fail, sha256sums  # noqa: E402  (tools/ is the script's folder)
+from record_reference_traces import TARGETS, _rel, fail, reference_args, sha256sums  # noqa: E402  (tools/ is the script's folder)
 
 DISTANCE = 1
 
@@ -40,22 +40,14 @@ def overrides(version: Path, target: str, out: Path, results_dir: Path, prompts:
             f"results_dir={results_dir}", "progress=false", "logger.console=false"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--version", default=str(ROOT / "checkpoints" / "v1"), help="folder with the targets")
-    ap.add_argument("--targets", default=",".join(TARGETS))
+def _own_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--prompts", type=int, default=48, help="training-split prompts per target")
     ap.add_argument("--new-tokens", type=int, default=64, help="greedy new tokens per prompt")
     ap.add_argument("--width", type=int, default=64, help="hidden units of each layer's MLP (64: < 1 MB a model)")
-    ap.add_argument("--out", default=None, help="where the folders go (default: <version>/predictors)")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy small machine)")
-    args = ap.parse_args()
-    if args.threads:
-        import torch
 
-        torch.set_num_threads(args.threads)
-    version = Path(args.version).resolve()
-    out = Path(args.out).resolve() if args.out else version / "predictors"
+
+def main() -> None:
+    args, version, out = reference_args(__doc__ or "", "predictors", _own_args)
     targets = args.targets.split(",")
     for t in targets:
         if t not in TARGETS or not (version / t / "config.json").is_file():
