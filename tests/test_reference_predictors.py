@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from moelab.predictors.files import locate_predictors
+from moelab.models.hub import in_checkout
 from moelab.predictors.mlp import load_predictors
 from moelab.runner import run
 from tests.conftest import ROOT
@@ -39,7 +39,7 @@ def test_committed_predictors_are_small_trained_on_the_training_split_and_beat_a
     assert (report.val_recall_mlp > report.val_recall_constant).all()
     # the model preset names them, so policy=mlp needs no path on the reference models
     cfg = composed(f"model={target}", "policy=mlp")
-    assert locate_predictors(cfg["prefetch"]["path"]).resolve() == folder.resolve()
+    assert in_checkout(cfg["prefetch"]["path"]).resolve() == folder.resolve()
 
 
 def test_spec_exec_tasks_sweeps_predictors_by_weights_mode():

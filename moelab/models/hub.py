@@ -41,6 +41,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout moelab runs from
 T = TypeVar("T")
 
 
+def in_checkout(path: str | Path) -> Path:
+    """`path` as given; a relative one missing from the working directory is looked up in moelab's own checkout,
+    where the committed reference files live (`checkpoints/v1/...`), so configs naming them work from anywhere."""
+    local = Path(path).expanduser()
+    if not local.exists() and not local.is_absolute() and (REPO_ROOT / local).exists():
+        return REPO_ROOT / local
+    return local
+
+
 def looks_like_hub_id(ref: str) -> bool:
     """`name` or `org/name` as the hub spells them; `./x`, `/x`, `~/x` and `a/b/c` are paths."""
     return bool(_HUB_ID.match(ref)) and ".." not in ref and not ref.endswith((".", "-"))
@@ -93,9 +102,7 @@ def locate(ref: str, revision: str | None = None) -> ModelSource:
     """A local directory as it is; a hub id resolved to its cached snapshot, fetching config.json only.
     A relative directory missing from the working directory is looked up in moelab's own checkout, where the
     committed reference models live (`checkpoints/v1/...`), so presets naming them work from any directory."""
-    local = Path(ref).expanduser()
-    if not local.exists() and not local.is_absolute() and (REPO_ROOT / local).exists():
-        local = REPO_ROOT / local
+    local = in_checkout(ref)
     if local.exists() or not looks_like_hub_id(ref):
         return ModelSource(ref, local)  # the checkpoint reader names what is wrong with a bad directory
     from huggingface_hub import hf_hub_download

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 from safetensors.torch import save_file
 
-from moelab.models.hub import REPO_ROOT
+from moelab.models.hub import in_checkout
 from moelab.models.lookahead import router_ranking
 from moelab.models.offloaded import OffloadedModel
 
@@ -155,9 +155,7 @@ def read_trace(path: str | Path) -> tuple[dict[str, Any], Any]:
     """(header, pandas DataFrame) of a trace file."""
     from moelab.core.errors import ConfigError
 
-    path = Path(path)
-    if not path.is_file() and not path.is_absolute() and (REPO_ROOT / path).is_file():
-        path = REPO_ROOT / path  # the committed traces (checkpoints/v1/traces/...) from any directory
+    path = in_checkout(path)  # the committed traces (checkpoints/v1/traces/...) from any directory
     if not path.is_file():
         raise ConfigError(f"routing trace {path} does not exist (record one with record_trace=true)")
     try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
 from moelab.core.types import LookaheadSpec
+from moelab.models.hub import in_checkout
 from moelab.policies.prefetch.qhs import QhsPrefetch
-from moelab.predictors.files import locate_predictors, read_predictor_config
+from moelab.predictors.files import read_predictor_config
 
 
 @register("prefetch", "mlp")
@@ -23,7 +24,7 @@ class MlpPrefetch(QhsPrefetch):
     ):
         if not path or path == "???":  # ??? is Hydra's mark of a value still to be given
             raise ConfigError("prefetch=mlp needs prefetch.path=DIR (saved by python -m moelab.train_predictor)")
-        self.path = str(locate_predictors(path))
+        self.path = str(in_checkout(path))
         info = read_predictor_config(self.path)
         self.layers = None if layers is None else tuple(int(x) for x in layers)
         super().__init__(distance=info["distance"], k=k, state=info["state"])
