@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
@@ -98,29 +97,21 @@ def accelerate_row(cfg: dict[str, Any], tokens: int) -> dict[str, Any]:
     return row
 
 
-def save(rows: list[dict[str, Any]], path: Path) -> None:
-    """Append to the rows already there (other models, devices), atomically."""
-    old = pd.read_parquet(path) if path.exists() else pd.DataFrame()
-    df = pd.concat([old, pd.DataFrame(rows)], ignore_index=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budgets", default="0.125,0.25,0.5", help="the experiment's budget.fraction values")
     ap.add_argument("--tokens", type=int, default=8, help="new tokens accelerate decodes (it is slow)")
     ap.add_argument("overrides", nargs="*", help="the Hydra overrides the sweep ran with (model, trace, ...)")
     args = ap.parse_args()
+    from moelab.results.store import append_row
+
     print(f"torch {torch.__version__}", flush=True)
     for budget in (float(b) for b in args.budgets.split(",")):
         cfg = compose(args.overrides, budget)
         out = Path(cfg["results_dir"]) / cfg["experiment_name"] / "accelerate.parquet"
         row = accelerate_row(cfg, args.tokens)
         print(row, flush=True)
-        save([row], out)
+        append_row(out, row)  # beside the rows already there (other models, devices), atomically
     print("written:", out)
 
 
