@@ -165,6 +165,7 @@ class CacheView:
 SPECULATIVE_MODES = ("none", "router", "predicted")
 COMPUTE_ORDERS = ("resident_first", "router")
 TRUE_ROUTER_MODES = ("compute", "skip")
+GRAPH_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,9 @@ class Execution:
     `speculative`: `none` runs the router's choice (exact); `router` runs, per token, the top_k of the predicted
     experts by the true router's logits, weighted by its softmax renormalised over them; `predicted` runs the
     predicted top_k with the softmax of the predicted router logits over them, without using the true router.
+    `graphs`: `auto` replays each decode step as one CUDA graph where the run allows it (a CUDA device, batch 1,
+    policies that can act one step behind), else runs eagerly and says why; `on` refuses a run that cannot;
+    `off` is the eager executor.
     `true_router`: `compute` runs the model's router module at every layer (under `predicted` its choice is only
     measured); `skip` (with `predicted` only) does not run it where a prediction exists: the prediction is the
     layer's routing, as in Speculating Experts' released code, and the router's cost is saved.
@@ -185,8 +189,11 @@ class Execution:
     max_slot_gap: int = 8  # a grouped GEMM pays per group, empty or not: nearby slots share a call
     speculative: str = "none"
     true_router: str = "compute"
+    graphs: str = "auto"  # auto | on | off: decode steps as captured CUDA graphs (moelab.offload.graph_executor)
 
     def __post_init__(self) -> None:
+        if self.graphs not in GRAPH_MODES:
+            raise ConfigError(f"unknown execution.graphs {self.graphs!r}; allowed: {', '.join(GRAPH_MODES)}")
         if self.speculative not in SPECULATIVE_MODES:
             raise ConfigError(f"unknown execution.speculative {self.speculative!r}; "
                               f"allowed: {', '.join(SPECULATIVE_MODES)}")
