@@ -32,6 +32,7 @@ from moelab.decoding.base import Decoding
 from moelab.eval.tasks import check_tasks, score_tasks
 from moelab.interrupts import Interrupts
 from moelab.loggers.base import Logger
+from moelab.metrics.floors import compute_floor
 from moelab.metrics.perplexity import corpus_perplexity
 from moelab.metrics.summary import run_metrics, step_table, token_agreement, verify_metrics
 from moelab.models.build import ModelPlan, materialize, plan_model
@@ -41,6 +42,7 @@ from moelab.models.lookahead import Lookahead, RouterScorer
 from moelab.models.offloaded import OffloadedModel
 from moelab.models.tokenizer import load_tokenizer
 from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available_bytes, resolve_budget
+from moelab.offload.calibrate import h2d_peak_gbps
 from moelab.offload.cpu_worker import parse_cpu_dtype
 from moelab.offload.executor import OffloadExecutor
 from moelab.offload.kernels import ExpertKernel
@@ -248,6 +250,7 @@ class RunRecipe:
         """Every pass, in order; returns the finished row."""
         self.setup()
         self.reference()
+        self.floor()
         self.warm_up()
         self.profile()
         self.timed()
@@ -341,6 +344,12 @@ class RunRecipe:
             self.row["ref_tpot_median_ms"] = float(np.median(per_token))
         om.reference.release()
 
+    def floor(self) -> None:
+        """What the floors are measured from, on this machine: the plain model's decode step as a CUDA graph on the
+        run's prompts (NaN on a CPU) and the copy engine's peak H2D bandwidth (once per machine, cached)."""
+        self.compute_floor = compute_floor(self.om, self.batches, self.new_tokens)
+        self.h2d_gbps_calibrated = h2d_peak_gbps(self.om.device)
+
     def warm_up(self) -> None:
         """A short generation through the executor, then forgotten."""
         with through_executor(self.om, self.executor, self.comps):
@@ -382,7 +391,8 @@ class RunRecipe:
         timeline = executor.finish()
         self.steps = step_table(gen, timeline)
         metrics = run_metrics(gen, self.steps, timeline, executor.counters, executor.transfers.count,
-                              executor.capacity, om.spec.expert_bytes, row.get("ref_tpot_median_ms"))
+                              executor.capacity, om.spec.expert_bytes, self.compute_floor, self.h2d_gbps_calibrated,
+                              executor.execution.speculates)
         metrics.update(executor.observers.row(), **verify_metrics(gen, executor.counters),
                        cpu_ms=executor.cpu_worker.busy_ms, cpu_wait_ms=executor.cpu_worker.wait_ms)
         self.metrics = metrics

@@ -17,10 +17,12 @@
 #
 # `python run.py -m +experiment=peers`: on-demand loading, next-layer gate prefetch, Fiddler (static hot set + CPU
 # for cold experts), Speculating Experts, MoE-SpAc and the oracle (`conf/experiment/system/`) at several GPU expert
-# budgets, replaying the committed code_moe traces into full-size shapes, each row with its floor (Belady-optimal
-# bytes over the measured H2D bandwidth, or GPU compute if larger) and efficiency = floor / TPOT. The
-# transformers + accelerate rows come from `python benchmarks/peers.py` (same points), when it was run; each takes
-# the floor of the on-demand row of its model and budget.
+# budgets, replaying the committed code_moe traces into full-size shapes, each row with its floor (Belady bytes
+# over the copy engine's calibrated bandwidth, or the plain model's graph-captured step if larger) and efficiency =
+# floor / time per committed token. A floor is NaN where it bounds nothing (CPU experts) and on a CPU, where there
+# is none (`floor_note` says why); NaN floors are not drawn. The transformers + accelerate rows come from
+# `python benchmarks/peers.py` (same points), when it was run; each takes the floor of the on-demand row of its
+# model and budget.
 #
 # Reads `$MOELAB_RESULTS` (default: `results/`, from the repository root or from notebooks/): the experiment's
 # runs and `peers/accelerate.parquet`; writes the figure as PNG and PDF to its `figures/` folder, one panel per

@@ -264,16 +264,17 @@ PEERS_COLS = ["model", "budget", "policy", "tokens_per_s", "tpot_ms", "vs_on_dem
 def peers_rows(runs: pd.DataFrame, accelerate: pd.DataFrame | None = None) -> pd.DataFrame:
     """The peers experiment's rows (system label as `policy`, budget fraction as `budget`) with the accelerate
     rows of `benchmarks/peers.py` added; an accelerate row takes the floor of the on-demand row of its model and
-    budget (same routing, same budget) and its efficiency from it."""
+    budget (same routing, same budget) and its efficiency from it, per committed token (floor x tokens/s / 1000);
+    NaN where that floor is (on a CPU there is none)."""
     df = with_labels(runs).assign(policy=lambda d: d["label"], budget=lambda d: d["budget_fraction"].astype(float))
     if accelerate is not None and len(accelerate):
         df = pd.concat([df, accelerate.assign(budget=accelerate["budget"].astype(float))], ignore_index=True)
     base = df[df["policy"] == "on_demand"].set_index(["model", "budget"])["floor_ms_per_token"]
     for i in df.index[df["policy"] == "hf_accelerate"]:
         floor = base.get((df.at[i, "model"], df.at[i, "budget"]))
-        if floor is not None and pd.notna(df.at[i, "tpot_ms"]):
+        if floor is not None:
             df.at[i, "floor_ms_per_token"] = floor
-            df.at[i, "efficiency"] = floor / df.at[i, "tpot_ms"]
+            df.at[i, "efficiency"] = floor * float(df.at[i, "tokens_per_s"]) / 1e3
     return df
 
 
@@ -296,9 +297,10 @@ def peers_table(rows: pd.DataFrame) -> pd.DataFrame:
 
 def plot_peers(rows: pd.DataFrame, title: str = "Decode tokens/s vs GPU expert budget") -> Figure:
     """Per model: tokens/s (log scale) vs budget, one line per system. Dashed: the autoregressive routing's
-    transfer floor (Belady-optimal bytes over the H2D bandwidth measured in the same run), the physical limit of
-    PCIe; dotted: the on-demand row's floor (the larger of that and its GPU compute time as measured, which
-    includes launch-bound kernel time: other systems can beat it)."""
+    transfer floor (Belady-optimal bytes over the copy engine's calibrated peak bandwidth), the physical limit of
+    PCIe; dotted: the on-demand row's floor (the larger of that and the plain model's graph-captured step, which
+    is no bound for systems that compute experts on the CPU). A floor that is NaN (every floor on a CPU, see the
+    rows' `floor_note`) is not drawn."""
     table = peers_table(rows)
     models = list(dict.fromkeys(table["model"]))
     fig = new_figure(5.2 * len(models), 4.2)
@@ -309,12 +311,11 @@ def plot_peers(rows: pd.DataFrame, title: str = "Decode tokens/s vs GPU expert b
             line = part[part["policy"] == policy].sort_values("budget")
             ax.plot(line["budget"], line["tokens_per_s"], marker="o", label=policy)
         floor = part[part["policy"] == "on_demand"].sort_values("budget")
-        if len(floor) and "transfer_floor_ms_per_token" in floor:
-            ax.plot(floor["budget"], 1e3 / floor["transfer_floor_ms_per_token"].astype(float), "k--",
-                    label="transfer floor")
-        if len(floor):
-            ax.plot(floor["budget"], 1e3 / floor["floor_ms_per_token"].astype(float), ":", color="grey",
-                    label="floor (on-demand row)")
+        for col, fmt, color, label in (("transfer_floor_ms_per_token", "--", "k", "transfer floor"),
+                                       ("floor_ms_per_token", ":", "grey", "floor (on-demand row)")):
+            ms = floor[col].astype(float) if col in floor else pd.Series(dtype=float)
+            if ms.notna().any():  # NaN floors (a CPU, CPU experts) are not drawn
+                ax.plot(floor["budget"], 1e3 / ms, fmt, color=color, label=label)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(sorted(part["budget"].unique()), [f"{b:.1%}" for b in sorted(part["budget"].unique())])

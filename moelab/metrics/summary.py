@@ -12,6 +12,7 @@ import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ import pandas as pd
 from moelab.core.types import ExpertKey
 from moelab.decoding.base import Generation
 from moelab.metrics.belady import belady_misses
+from moelab.metrics.floors import FloorResult, floor_columns
 from moelab.offload.executor import ExecutorCounters
 from moelab.offload.timeline import Timeline
 
@@ -73,10 +75,23 @@ def token_agreement(outputs: Sequence[Sequence[int]], reference: Sequence[Sequen
 
 
 def belady_bytes(counters: ExecutorCounters, capacity: int, expert_bytes: int, steps: set[int]) -> float:
-    """Bytes Belady-optimal replacement must copy during `steps` for the run's routing at `capacity` slots."""
-    accesses = [(step, ExpertKey(layer, e)) for step, layer, experts in counters.routing for e in experts]
-    misses = belady_misses(accesses, capacity)
-    return float(sum(misses[s] for s in steps) * expert_bytes)
+    """Bytes any replacement must copy during `steps` for the run's routing at `capacity` slots, whatever the cache
+    held when each run of consecutive `steps` began (a prefill or earlier pass may have filled it for free):
+    per such run, its Belady-optimal misses from an empty cache less the slots it could have started with."""
+    segments: list[list[tuple[int, ExpertKey]]] = []
+    previous_in = False
+    for step, layer, experts in counters.routing:
+        inside = step in steps
+        if inside and not previous_in:
+            segments.append([])
+        if inside:
+            segments[-1].extend((step, ExpertKey(layer, e)) for e in experts)
+        previous_in = inside
+    misses = 0
+    for accesses in segments:
+        start = min(capacity, len({key for _, key in accesses}))  # what a free initial fill saves
+        misses += max(0, sum(belady_misses(accesses, capacity).values()) - start)
+    return float(misses * expert_bytes)
 
 
 def run_metrics(
@@ -87,12 +102,14 @@ def run_metrics(
     transfer_counts: dict[str, int],
     capacity: int,
     expert_bytes: int,
-    compute_floor_ms_per_token: float | None = None,
-) -> dict[str, float]:
-    """The run's row of metrics. `compute_floor_ms_per_token` is the un-offloaded model's TPOT when it
-    was measured: the speed no offloading policy can beat, unless the run's own GPU compute was faster. The
-    transfer floor is the Belady-optimal bytes for this routing and budget over the H2D bandwidth measured in
-    the same run."""
+    compute_floor: FloorResult | None = None,
+    h2d_gbps_calibrated: float = NAN,
+    speculative_execution: bool = False,
+) -> dict[str, Any]:
+    """The run's row of metrics. `compute_floor` is the plain model's decode step measured on this machine
+    (moelab.metrics.floors.compute_floor), `h2d_gbps_calibrated` the copy engine's peak bandwidth
+    (moelab.offload.calibrate.h2d_peak_gbps): the floors are bounds from the machine, never from the run's own
+    timings (see moelab.metrics.floors)."""
     decode = steps[steps.phase != "prefill"]
     prefill = steps[steps.phase == "prefill"]
     per_token = np.asarray(gen.decode_ms_per_token(), dtype=float)
@@ -105,20 +122,12 @@ def run_metrics(
     bw = _div(sum(c.nbytes for c in all_copies), all_ms)  # bytes per ms over every copy of the run
     col = lambda df, name: float(df[name].sum()) if name in df and len(df) else 0.0  # noqa: E731
     optimal_bytes = belady_bytes(counters, capacity, expert_bytes, set(decode.step))
-    tpot = float(per_token.mean()) if per_token.size else NAN
-    transfer_floor = 0.0 if optimal_bytes == 0 else _div(_div(optimal_bytes, bw), committed)
-    # GPU compute: the compute stream's busy time in this run; with an un-offloaded run, the smaller of the two
-    # (transformers' own experts path can be slower than the executor's grouped kernels: a floor must not be)
-    busy = _div(col(decode, "compute_ms"), committed)
-    if compute_floor_ms_per_token is None or np.isnan(compute_floor_ms_per_token):
-        compute_floor_ms_per_token = busy
-    elif not np.isnan(busy):
-        compute_floor_ms_per_token = min(compute_floor_ms_per_token, busy)
-    floor_per_token = max(transfer_floor, compute_floor_ms_per_token)
     prefetched = transfer_counts.get("prefetch", 0)
     return {
         "ttft_ms": float(np.mean(gen.ttft_ms())) if gen.ttft_ms() else NAN,
-        "tpot_ms": tpot,
+        # per committed token of one sequence: decode time over tokens committed per sequence (a speculative pass
+        # that commits 4 tokens weighs 4), so tpot_ms = batch x 1000 / tokens_per_s
+        "tpot_ms": _div(decode_wall, col(decode, "new_tokens")),
         "tpot_median_ms": float(np.median(per_token)) if per_token.size else NAN,
         "tpot_p90_ms": float(np.percentile(per_token, 90)) if per_token.size else NAN,
         "tokens_per_s": gen.decode_tokens_per_s(),
@@ -140,10 +149,8 @@ def run_metrics(
         "h2d_gbps_demand": _div(sum(c.nbytes for c in demand), demand_ms) / 1e6,
         "h2d_gbps": bw / 1e6 if not math.isnan(bw) else NAN,
         "belady_bytes": optimal_bytes,
-        "transfer_floor_ms_per_token": transfer_floor,
-        "compute_floor_ms_per_token": compute_floor_ms_per_token,
-        "floor_ms_per_token": floor_per_token,
-        "efficiency": _div(floor_per_token, tpot),
+        **floor_columns(compute_floor, h2d_gbps_calibrated, optimal_bytes, col(decode, "rows"), committed,
+                        decode_wall, counters.cpu_uses, speculative_execution),
         "evictions": float(counters.evictions),
     }
 

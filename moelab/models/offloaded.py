@@ -7,7 +7,7 @@ module on the compute device. The backend is either the OffloadExecutor or the r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -58,9 +58,10 @@ class ReferenceBackend(NoBackend):
         self.device = device
         self._resident: dict[int, dict[str, torch.Tensor]] = {}
 
-    def materialize(self) -> None:
-        """Copy every expert to the device once (on the CPU the store already is the weights)."""
-        for layer in self.store.layers:
+    def materialize(self, layers: Iterable[int] | None = None) -> None:
+        """Copy every expert (of `layers`, default all) to the device once (on the CPU the store already is the
+        weights)."""
+        for layer in self.store.layers if layers is None else layers:
             self._weights(layer, keep=True)
 
     def release(self) -> None:

@@ -134,3 +134,54 @@ def cost_model(om: Any, recalibrate: bool = False, cpu_dtype: torch.dtype | None
     cm = measure(om, cpu_dtype=cpu_dtype)
     cm.save(path)
     return cm
+
+
+# --------------------------------------------------------------------------- the copy engine's peak bandwidth
+
+H2D_VERSION = 1
+H2D_BYTES = 256 * 2**20  # large enough for the copy engine's plateau (about 55 GB/s on PCIe Gen5 from 48 MiB up)
+
+
+def h2d_key(device: torch.device) -> dict[str, Any]:
+    return {"h2d_version": H2D_VERSION, "device": torch.cuda.get_device_name(device), "torch": torch.__version__}
+
+
+def measure_h2d_gbps(device: torch.device, nbytes: int = H2D_BYTES, reps: int = 10) -> float:
+    """Peak GB/s of one pinned host-to-device copy of `nbytes` on a side stream (the best of `reps`, timed with
+    CUDA events): the fastest the copy engine moves bytes, whatever the copies' sizes."""
+    src = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    stream = torch.cuda.Stream(device)
+    best = float("inf")
+    with torch.cuda.stream(stream):
+        for i in range(reps + 1):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record(stream)
+            dst.copy_(src, non_blocking=True)
+            b.record(stream)
+            b.synchronize()
+            if i:  # the first copy warms the path
+                best = min(best, a.elapsed_time(b))
+    del src, dst
+    return nbytes / best / 1e6
+
+
+def h2d_peak_gbps(device: torch.device, recalibrate: bool = False) -> float:
+    """The copy engine's peak host-to-device GB/s on this machine, measured once and cached under
+    $MOELAB_CACHE/costs/; NaN on a CPU (nothing is copied there)."""
+    if device.type != "cuda":
+        return float("nan")
+    key = h2d_key(device)
+    path = cache_dir() / f"h2d-{hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.json"
+    free, _ = torch.cuda.mem_get_info(device)
+    nbytes = H2D_BYTES if free > 4 * H2D_BYTES else 64 * 2**20  # a full device gets a smaller copy
+    if path.exists() and not recalibrate:
+        cached = json.loads(path.read_text())
+        if int(cached.get("nbytes", 0)) >= nbytes:  # one measured with less room is measured again when it can
+            return float(cached["gbps"])
+    gbps = measure_h2d_gbps(device, nbytes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "gbps": gbps, "nbytes": nbytes}, indent=1))
+    tmp.replace(path)
+    return gbps

@@ -23,6 +23,14 @@ def _gib(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v / 2**30:,.3f} GiB"
 
 
+def _floor(row: Mapping[str, Any]) -> str:
+    """The floor and the efficiency where they are defined, else why not (the note's first words)."""
+    floor = row.get("floor_ms_per_token")
+    if floor is None or (isinstance(floor, float) and math.isnan(floor)):
+        return f"none ({str(row.get('floor_note') or 'not measured').split(':')[0]})"
+    return f"{_fmt(floor)} ({_fmt(row.get('efficiency'))})"
+
+
 def print_summary(row: Mapping[str, Any], console: Console | None = None) -> None:
     console = console or Console(width=None if sys.stdout.isatty() else 110)
     title = (
@@ -50,7 +58,7 @@ def print_summary(row: Mapping[str, Any], console: Console | None = None) -> Non
         ("copy / overlap", f"{_fmt(row.get('copy_ms'), ' ms')} / {_fmt(row.get('overlap'))}"),
         ("stall (share)", f"{_fmt(row.get('stall_ms'), ' ms')} ({_fmt(row.get('stall_share'))})"),
         ("H2D GB/s (demand)", _fmt(row.get("h2d_gbps_demand"))),
-        ("floor ms/token (eff.)", f"{_fmt(row.get('floor_ms_per_token'))} ({_fmt(row.get('efficiency'))})"),
+        ("floor ms/token (eff.)", _floor(row)),
     ]
     if row.get("prediction_topk_recall") is not None and not math.isnan(row["prediction_topk_recall"]):
         left.append(("prediction recall", _fmt(row.get("prediction_topk_recall"))))

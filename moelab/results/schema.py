@@ -91,9 +91,12 @@ class RunRow(TypedDict, total=False):
     h2d_gbps_demand: float
     h2d_gbps: float
     belady_bytes: float
+    h2d_gbps_calibrated: float
     transfer_floor_ms_per_token: float
     compute_floor_ms_per_token: float
+    compute_kernel_ms_per_token: float
     floor_ms_per_token: float
+    floor_note: str
     efficiency: float
     evictions: float
     cpu_ms: float
