@@ -1,14 +1,17 @@
-"""Greedy autoregressive decoding: one token per sequence per step (batch 1 is the headline case)."""
+"""Greedy autoregressive decoding: one token per sequence per step (batch 1 is the headline case).
+
+The forward step (and the KV cache it owns) comes from `moelab.decoding.steps.step_for`, or from the caller's
+`step_factory`: the same loop runs eager steps and captured CUDA-graph steps."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-from transformers import DynamicCache
 
 from moelab.core.registry import register
-from moelab.decoding.base import Decoding, Generation, StepTiming, forward_step, left_pad, now_ms
+from moelab.decoding.base import Decoding, Generation, StepTiming, left_pad, now_ms
+from moelab.decoding.steps import ForwardStep, step_for
 from moelab.models.offloaded import OffloadedModel
 
 
@@ -27,20 +30,23 @@ class AutoregressiveDecoding(Decoding):
         max_new_tokens: int,
         keep_logits: bool = False,
         on_tokens: Callable[[int], None] | None = None,
+        step_factory: Callable[[OffloadedModel, int, int], ForwardStep] | None = None,
     ) -> Generation:
+        """`step_factory(om, batch_size, max_len)`: the forward step of each batch (default: `step_for`)."""
+        make_step = step_factory or step_for
         outputs: list[list[int]] = []
         gen = Generation(outputs)
         eos = om.tokenizer.eos_token_id
         pad = om.tokenizer.pad_token_id or 0
         for b, prompts in enumerate(batches):
             ids, mask = left_pad(prompts, pad, om.device)
-            kv = DynamicCache(config=om.config)
+            forward = make_step(om, len(prompts), ids.shape[1] + max_new_tokens)
             produced = [[] for _ in prompts]
             done = [False] * len(prompts)
             phase = "prefill"
             for _ in range(max_new_tokens):
                 t0 = now_ms()
-                logits, step_no = forward_step(om, phase, ids, mask, kv)
+                logits, step_no = forward(phase, ids, mask)
                 logits = logits[:, -1]
                 nxt = logits.argmax(dim=-1)
                 tokens = nxt.tolist()

@@ -84,6 +84,9 @@ class ExecutorCounters:
 
 
 class OffloadExecutor:
+    spare_slots = 0  # pool rows past the capacity (moelab.offload.graph_executor uses one)
+    captures = False  # whether moelab.decoding.steps may capture this backend's decode steps as CUDA graphs
+
     def __init__(
         self,
         store: ExpertStore,
@@ -109,7 +112,7 @@ class OffloadExecutor:
         self.spec = spec
         self.device = device
         self.clock = clock_for(device)
-        self.pool = SlotPool(store.layout, capacity, device)
+        self.pool = SlotPool(store.layout, capacity, device, spare=self.spare_slots)
         self.prefetch = prefetch
         self.cache_policy = cache_policy
         self.balancer = balancer

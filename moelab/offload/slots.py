@@ -29,13 +29,15 @@ class Slot:
 
 
 class SlotPool:
-    def __init__(self, layout: ExpertLayout, capacity: int, device: torch.device):
+    def __init__(self, layout: ExpertLayout, capacity: int, device: torch.device, spare: int = 0):
+        """`spare` rows past the capacity hold no expert (the graph executor's no-op gather target)."""
         if capacity < 1:
             raise ValueError(f"cache capacity must be >= 1, got {capacity}")
         self.layout = layout
         self.capacity = capacity
         self.device = device
-        self.pools = {t.name: torch.empty((capacity, *t.shape), dtype=t.dtype, device=device) for t in layout.tensors}
+        self.pools = {t.name: torch.empty((capacity + spare, *t.shape), dtype=t.dtype, device=device)
+                      for t in layout.tensors}
         self.slots = [Slot(i) for i in range(capacity)]
         self.table: dict[ExpertKey, int] = {}
 

@@ -14,19 +14,21 @@ import torch
 
 from moelab.offload.layout import ExpertLayout
 
+HOST_REGISTER_FLAGS = 1 | 2  # cudaHostRegisterPortable | cudaHostRegisterMapped
 
 def host_tensor(shape: tuple[int, ...], dtype: torch.dtype, pin: bool) -> torch.Tensor:
     """A host tensor, page-locked if `pin`.
 
     Pinned through cudaHostRegister on an ordinary allocation: PyTorch's pinned allocator
     rounds each block up to a power of two, which would waste up to half of a model's experts'
-    worth of RAM. Falls back to that allocator if registration fails.
+    worth of RAM. Falls back to that allocator if registration fails. Registered portable and mapped, so
+    kernels can read it through its device address (the graph executor's zero-copy gather, moelab.offload.gather).
     """
     t = torch.empty(shape, dtype=dtype)
     if not pin:
         return t
     nbytes = t.numel() * t.element_size()
-    if nbytes and torch.cuda.cudart().cudaHostRegister(t.data_ptr(), nbytes, 0) == 0:
+    if nbytes and torch.cuda.cudart().cudaHostRegister(t.data_ptr(), nbytes, HOST_REGISTER_FLAGS) == 0:
         ptr = t.data_ptr()
         weakref.finalize(t, torch.cuda.cudart().cudaHostUnregister, ptr)  # before the memory is freed
         return t
