@@ -163,7 +163,7 @@ class GraphExecutor(OffloadExecutor):
         rows = torch.empty(T * K, hidden.shape[-1], dtype=self._out_dtype(top_k_weights), device=hidden.device)
         for part in self._parts(keys):
             slots = self._resolve(layer, keys[part])
-            self._compute(layer, hidden, top_k_weights, perm[part], slots, rows)
+            self._compute_rows(layer, hidden, top_k_weights, perm[part], slots, rows)
         for tap in self.output_taps:
             tap(layer, top_k_index, top_k_weights, rows)
         return rows.view(T, K, -1).sum(dim=1).to(hidden.dtype)  # [T, H] summed in k order
@@ -210,8 +210,8 @@ class GraphExecutor(OffloadExecutor):
         self._log.append((layer, keys, need, evicted))
         return slots
 
-    def _compute(self, layer: int, hidden: torch.Tensor, top_k_weights: torch.Tensor, pairs: torch.Tensor,
-                 slots: torch.Tensor, rows: torch.Tensor) -> None:
+    def _compute_rows(self, layer: int, hidden: torch.Tensor, top_k_weights: torch.Tensor, pairs: torch.Tensor,
+                      slots: torch.Tensor, rows: torch.Tensor) -> None:
         """rows[pairs] = weighted expert outputs: one grouped GEMM per projection over the whole slot pool, rows
         grouped by slot (slots ascending, an expert's pairs in expert order); empty slots are empty groups."""
         C, K = self.capacity, top_k_weights.shape[-1]
