@@ -348,6 +348,22 @@ def test_first_layers_cuts_the_model_and_puts_it_back():
     assert om.adapter.decoder_layers(om.model) is layers and om.config.num_hidden_layers == 3
 
 
+def test_the_floor_steps_run_the_plain_model_cut_to_its_first_layers():
+    """What the compute floor replays on a GPU runs here eagerly over the same static cache: the plain model, whole
+    and cut to one layer (the cache sized by the cut config), a batch of 2 prompts cut to one length."""
+    from moelab.decoding.steps import GraphStep
+    from tests.conftest import offloaded_copy, tiny_hf_model
+
+    om = offloaded_copy(tiny_hf_model("mixtral", num_hidden_layers=3))
+    for n in (3, 1):
+        om.reference.materialize([layer for layer in om.store.layers if layer < n])
+        with floors.first_layers(om, n), om.using(om.reference), torch.no_grad():
+            step = GraphStep(om, batch_size=2, max_len=9)
+            assert floors._decode_steps(step, torch.tensor([[5, 6, 7], [8, 9, 10]]), 4) == []  # untimed
+            assert step.length == 3 + 4
+        om.reference.release()
+
+
 # --------------------------------------------------------------------------------------------- rejection sampling
 V = 8
 
