@@ -1,0 +1,1 @@
+"""Writing moelab's weights in other systems' formats (GGUF for llama.cpp: `python -m moelab.export.gguf`)."""
