@@ -13,7 +13,7 @@ mkdir -p "$(dirname "$exclude")"
 grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
 PLAT=(--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${PLAT[@]}" \
-    -d .whl hydra-core==1.3.2 omegaconf==2.3.0
+    -d .whl hydra-core==1.3.2 omegaconf==2.3.0 gguf==0.19.0   # gguf: moelab.export.gguf (benchmarks/llama_cpp.py)
 # antlr4-python3-runtime 4.9.3 (what omegaconf 2.3 needs) is published as a source archive only:
 # build its pure-Python wheel here.
 ls .whl/antlr4_python3_runtime-4.9.3-*.whl >/dev/null 2>&1 || \
