@@ -258,7 +258,7 @@ def plot_decode_timeline(steps_by_label: Mapping[str, pd.DataFrame], title: str 
 PEERS_ORDER = ("hf_accelerate", "on_demand", "ar_binary", "gate_prefetch", "fiddler", "spec_experts", "spac", "oracle")
 PEERS_COLS = ["model", "budget", "policy", "tokens_per_s", "tpot_ms", "vs_on_demand", "floor_ms_per_token",
               "efficiency", "transfer_floor_ms_per_token", "compute_floor_ms_per_token", "stall_share", "overlap",
-              "host_gap_ms", "cpu_share", "hit_rate", "token_agreement"]
+              "host_gap_ms", "cpu_share", "hit_rate", "token_agreement", "floor_note"]
 
 
 def peers_rows(runs: pd.DataFrame, accelerate: pd.DataFrame | None = None) -> pd.DataFrame:

@@ -151,6 +151,14 @@ def _compute_floor(om: Any, batches: Sequence[Sequence[Sequence[int]]], new_toke
         om.reference.release()
 
 
+@contextmanager
+def _released(om: Any) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        om.reference.release()
+
+
 class NotCaptured(Exception):
     """The plain model's decode step stayed eager (the reason is the message)."""
 
@@ -201,8 +209,9 @@ def first_layers(om: Any, n: int) -> Iterator[None]:
 
 
 def _measure(om: Any, batches: Sequence[Sequence[Sequence[int]]], new_tokens: int, n_layers: int, warmup: int,
-             kernel_replays: int) -> tuple[float, float]:
-    """(ms, kernel ms) per decode step per sequence of the plain model cut to `n_layers`, over every batch."""
+             kernel_replays: int, require_graph: bool = True) -> tuple[float, float]:
+    """(ms, kernel ms) per decode step per sequence of the plain model cut to `n_layers`, over every batch
+    (`require_graph=False` times eager steps: how a CPU test runs it)."""
     from moelab.decoding.steps import GraphStep  # the graph machinery (CUDA only)
 
     om.reference.release()
@@ -211,46 +220,47 @@ def _measure(om: Any, batches: Sequence[Sequence[Sequence[int]]], new_tokens: in
     total_ms = 0.0
     row_steps = 0
     kernel = NAN
-    graphs: dict[tuple[int, int], Any] = {}
-    with first_layers(om, n_layers), om.using(om.reference), torch.no_grad():
-        for b, prompts in enumerate(batches):
-            width = min(len(p) for p in prompts)  # every row of a static batch has one length: the shortest
-            ids = torch.tensor([list(p[:width]) for p in prompts], dtype=torch.long, device=dev)
+    # every row of a static batch has one length: each batch's prompts are cut to its shortest
+    inputs = [torch.tensor([list(p[:min(map(len, b))]) for p in b], dtype=torch.long, device=dev) for b in batches]
+    longest: dict[int, int] = {}
+    for ids in inputs:
+        longest[ids.shape[0]] = max(longest.get(ids.shape[0], 0), ids.shape[1])
+    graphs: dict[int, Any] = {}  # one static cache and graph per batch size, reset between batches
+    with first_layers(om, n_layers), om.using(om.reference), torch.no_grad(), _released(om):
+        for b, ids in enumerate(inputs):
             rows = ids.shape[0]
-            key = (rows, width)
-            if key not in graphs:
-                length = width + max(new_tokens, warmup, kernel_replays) + 1
-                graphs[key] = GraphStep(om, batch_size=rows, max_len=length)
-                _decode_steps(graphs[key], ids, warmup)  # an eager step, the capture and replays, untimed
-                if not graphs[key].captured:  # an eager step's time is host-bound: no floor
-                    raise NotCaptured(getattr(graphs[key], "failure", "") or "not captured")
-            step = graphs[key]
+            if rows not in graphs:
+                length = longest[rows] + max(new_tokens, warmup, kernel_replays) + 1
+                graphs[rows] = GraphStep(om, batch_size=rows, max_len=length)
+                _decode_steps(graphs[rows], ids, warmup)  # an eager step, the capture and replays, untimed
+                if require_graph and not graphs[rows].captured:  # an eager step's time is host-bound: no floor
+                    raise NotCaptured(getattr(graphs[rows], "failure", "") or "not captured")
+            step = graphs[rows]
             times = _decode_steps(step, ids, new_tokens - 1, timed=True)
             total_ms += sum(times)
             row_steps += rows * len(times)
-            if b == 0 and kernel_replays:
+            if b == 0 and kernel_replays and dev.type == "cuda":
                 kernel = _kernel_ms(step, ids, kernel_replays) / rows
     return (total_ms / row_steps if row_steps else NAN), kernel
 
 
 def _decode_steps(step: Any, ids: torch.Tensor, n: int, timed: bool = False) -> list[float]:
-    """Prefill `ids`, then `n` greedy decode replays; with `timed`, each replay's ms by CUDA events."""
+    """Prefill `ids`, then `n` greedy decode replays; with `timed`, each replay's ms (CUDA events on a GPU)."""
+    from moelab.offload.clock import clock_for
+
+    clock = clock_for(ids.device)
     step.reset()
     nxt = step.prefill(ids).argmax(-1, keepdim=True)
-    events = []
+    marks = []
     for _ in range(n):
+        a = clock.mark() if timed else None
+        logits = step.decode(nxt)
         if timed:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            logits = step.decode(nxt)
-            b.record()
-            events.append((a, b))
-        else:
-            logits = step.decode(nxt)
+            marks.append((a, clock.mark()))
         nxt = logits.argmax(-1, keepdim=True)
-    if events:
-        torch.cuda.synchronize()
-    return [a.elapsed_time(b) for a, b in events]
+    if marks:
+        clock.synchronize()
+    return [clock.ms_between(a, b) for a, b in marks]
 
 
 def _kernel_ms(step: Any, ids: torch.Tensor, replays: int) -> float:

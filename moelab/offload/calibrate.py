@@ -5,6 +5,9 @@ buffers and CPU path.
 
 Cached per machine and model shape (device name, expert tensor shapes and dtype, CPU compute dtype, torch
 version, CPU threads) under $MOELAB_CACHE (default ~/.cache/moelab)/costs/, so a run measures once and reuses it.
+
+Also the copy engine's peak host-to-device bandwidth (`h2d_peak_gbps`), once per machine (device name and torch
+version), cached beside them: the transfer floor's denominator (moelab.metrics.floors).
 """
 
 from __future__ import annotations
