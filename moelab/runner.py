@@ -33,6 +33,7 @@ from moelab.eval.tasks import check_tasks, score_tasks
 from moelab.interrupts import Interrupts
 from moelab.loggers.base import Logger
 from moelab.metrics.floors import compute_floor
+from moelab.metrics.host_cost import host_cost_columns
 from moelab.metrics.perplexity import corpus_perplexity
 from moelab.metrics.summary import run_metrics, step_table, token_agreement, verify_metrics
 from moelab.models.build import ModelPlan, materialize, plan_model
@@ -45,6 +46,8 @@ from moelab.offload.budget import GIB, Budget, free_device_bytes, host_available
 from moelab.offload.calibrate import h2d_peak_gbps
 from moelab.offload.cpu_worker import parse_cpu_dtype
 from moelab.offload.executor import OffloadExecutor
+from moelab.offload.graph_executor import GraphExecutor
+from moelab.offload.graph_plan import choose_path
 from moelab.offload.kernels import ExpertKernel
 from moelab.policies.base import Balancer, CachePolicy, PrefetchPolicy, run_context
 from moelab.results import preflight, safekeeping
@@ -164,7 +167,9 @@ def model_row(om: OffloadedModel) -> dict[str, Any]:
 
 
 def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dtype: str | None = None,
-                  execution: Execution | None = None) -> OffloadExecutor:
+                  execution: Execution | None = None, graphs: bool = False) -> OffloadExecutor:
+    """The run's executor: the eager one, or with `graphs` the one whose decode steps are captured
+    (moelab.offload.graph_plan decides which, before any weight is read)."""
     kernels = {layer: ExpertKernel(m) for layer, m in om.hf_experts.items()}
     dtype = parse_cpu_dtype(cpu_dtype)
     costs = None
@@ -174,8 +179,9 @@ def make_executor(om: OffloadedModel, budget: Budget, comps: Components, cpu_dty
         costs = cost_model(om, cpu_dtype=dtype)
     # caches and balancers that rank by the prefetcher's utility read its estimator from the context
     context = run_context(om.spec, budget.experts, comps.prefetch, costs)
-    executor = OffloadExecutor(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
-                               comps.balancer, cpu_dtype=dtype, execution=execution, context=context)
+    kind = GraphExecutor if graphs else OffloadExecutor
+    executor = kind(om.store, kernels, om.spec, budget.experts, om.device, comps.prefetch, comps.cache,
+                    comps.balancer, cpu_dtype=dtype, execution=execution, context=context)
     if comps.balancer.uses_cpu:
         executor.cpu_worker.prepare()  # float copies of the weights, if cpu_dtype asks for them, made untimed
     return executor
@@ -293,10 +299,14 @@ class RunRecipe:
             workload=c["workload"]["name"], prompts=len(wl.prompts), new_tokens=wl.max_new_tokens,
             batch=wl.batch_size, seed=int(c.get("seed", 0)), **budget.row(plan.spec), **wl.describe(),
         )
+        routing = comps.routing
+        batch = int(routing.header["batch_size"]) if getattr(routing, "replays", False) else wl.batch_size
+        self.path = choose_path(c, device, batch, budget.experts, plan.spec.top_k)  # graph or eager, said why
+        row.update(self.path.row())
         torch.manual_seed(int(c.get("seed", 0)))
         om = self.om = MODELS.get(c["model"], device, plan)
         row.update(model_row(om))
-        self.executor = make_executor(om, budget, comps, c.get("cpu_dtype"), execution)
+        self.executor = make_executor(om, budget, comps, c.get("cpu_dtype"), execution, graphs=self.path.graphs)
         self.batches, self.new_tokens, self.ppl_ids = self._inputs()
 
     def _inputs(self) -> tuple[list[list[list[int]]], int, list[list[int]]]:
@@ -395,6 +405,8 @@ class RunRecipe:
                               executor.execution.speculates)
         metrics.update(executor.observers.row(), **verify_metrics(gen, executor.counters),
                        cpu_ms=executor.cpu_worker.busy_ms, cpu_wait_ms=executor.cpu_worker.wait_ms)
+        failures = [s.failure for s in getattr(executor, "graph_steps", {}).values() if s.failure]
+        metrics.update(host_cost_columns(gen, executor.counters, self.path.graphs, failures))
         self.metrics = metrics
         # into the row now: a later pass that fails (perplexity, tasks) leaves a failed row that keeps them
         row.update(metrics)

@@ -129,3 +129,29 @@ def test_step_for_picks_graph_steps_for_capturing_backends_only():
         assert isinstance(step, GraphStep) and step.max_len == 64 and not step.capturable  # CPU: eager over it
         assert step_for(om, 1, 30) is step  # one bucket, one step (and one graph on a GPU)
         assert isinstance(step_for(om, 2, 10), EagerStep)  # padded batches keep the eager step
+
+
+def test_device_replay_runs_the_trace_routing_in_every_pass(tmp_path):
+    """routing=replay over the graph executor: the trace comes from device tables with a device cursor; the
+    routing run equals the eager replay's, and a second pass (same tables, cursor rewound) runs it again."""
+    from moelab.routing.device_replay import DeviceReplayBackend
+    from moelab.routing.replay import ReplayRouting
+    from tests.test_routing import record
+
+    _, _, path = record(tmp_path, arch="mixtral", num_local_experts=8)
+    replay = ReplayRouting(str(path))
+    om = offloaded_copy(tiny_hf_model("mixtral", num_local_experts=16, num_hidden_layers=3))
+    batches, new_tokens = replay.workload(om.config.vocab_size)
+    dec = AutoregressiveDecoding()
+    eager = make_executor(om, 6)
+    with om.using(replay.wrap(eager, om)):
+        ref = dec.generate(om, batches, new_tokens, keep_logits=True)
+    graph = graph_executor(om, 6)
+    for _ in range(2):
+        backend = replay.wrap(graph, om)
+        assert isinstance(backend, DeviceReplayBackend)
+        with om.using(backend):
+            out = dec.generate(om, batches, new_tokens)
+        assert out.new_tokens == ref.new_tokens
+        assert graph.counters.routing == eager.counters.routing
+        graph.reset()

@@ -79,6 +79,8 @@ class ExecutorCounters:
     prefetched_used: int = 0
     cpu_uses: int = 0
     evictions: int = 0
+    host_reads_decode: int = 0  # device -> host reads the executor made in decode steps (eager: one per layer)
+    graph_replays: int = 0  # decode steps replayed as one CUDA graph
     # what ran: (step, layer, experts executed) per layer call; also the future routing of an in-sample profile
     routing: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)
 
@@ -425,6 +427,7 @@ class OffloadExecutor:
             read.add(ranked)  # predictions for later layers [T, k']
         before_sync = rec.mark()
         true_choice, *rest = read.read()  # the layer's one host sync
+        self.counters.host_reads_decode += info.phase != "prefill"
         rec.gap(before_sync, rec.mark())
         chosen = true_choice
         if speculated is not None:

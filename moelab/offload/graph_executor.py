@@ -102,6 +102,7 @@ class GraphExecutor(OffloadExecutor):
     def use_log(self, log: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         """The log `end_step` reads: a replayed graph's."""
         self._log = list(log)
+        self.counters.graph_replays += 1
 
     def begin_step(self, phase: str, num_tokens: int) -> int:
         self._log = []
@@ -122,6 +123,7 @@ class GraphExecutor(OffloadExecutor):
             return
         parts = [torch.stack([keys, need.long(), evicted.long()]).reshape(-1) for _, keys, need, evicted in log]
         flat = torch.cat(parts).tolist()  # the step's one device -> host read: [3 * N] per layer part
+        self.counters.host_reads_decode += info.phase != "prefill"
         E, nbytes = self.spec.num_experts, self.store.expert_bytes
         used: dict[int, set[int]] = {}
         missed: dict[int, set[int]] = {}

@@ -40,6 +40,9 @@ class RunRow(TypedDict, total=False):
     speculative_mode: str
     eviction: str
     compute_order: str
+    execution_path: str  # graph | eager (moelab.offload.graph_plan)
+    graph_note: str  # why the run is eager, or why a capture failed
+    decision_lag_steps: int  # steps between what a policy saw and when its decision acts
     cpu_dtype: str
     workload: str
     prompts: int
@@ -99,6 +102,9 @@ class RunRow(TypedDict, total=False):
     floor_note: str
     efficiency: float
     evictions: float
+    host_syncs_per_token: float  # device -> host reads per committed decode token (executor + the token read)
+    graph_replays_per_token: float
+    timeline_note: str  # why copy/stall timeline columns are NaN (graph path)
     cpu_ms: float
     cpu_wait_ms: float
     # predictions

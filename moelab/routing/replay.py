@@ -75,6 +75,7 @@ class ReplayRouting(Routing):
         for (step, layer), g in df.groupby(["step", "layer"], sort=True):
             self._by_step.setdefault(int(step), {})[int(layer)] = g.sort_values("pos")
         self.steps = sorted(self._by_step)
+        self._device_tables: tuple[Any, Any] | None = None  # moelab.routing.device_replay, built once per executor
 
     def speculation(self) -> list[tuple[int, int]]:
         """(draft tokens proposed, accepted) of each verification pass of a speculative recording, in order."""
@@ -88,6 +89,13 @@ class ReplayRouting(Routing):
         return [prompts[i : i + bs] for i in range(0, len(prompts), bs)], int(self.header["max_new_tokens"])
 
     def wrap(self, backend: Any, om: Any) -> Any:
+        if getattr(backend, "captures", False):  # a graph executor: the routing as device tables (captured)
+            from moelab.routing.device_replay import DeviceReplayBackend, DeviceReplayTables
+
+            key = (id(backend), str(om.device))
+            if self._device_tables is None or self._device_tables[0] != key:
+                self._device_tables = (key, DeviceReplayTables(ReplayBackend(backend, self, om.spec), om.device))
+            return DeviceReplayBackend(backend, self, om.spec, self._device_tables[1])
         return ReplayBackend(backend, self, om.spec)
 
 
