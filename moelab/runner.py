@@ -29,6 +29,7 @@ from moelab.core.context import RunContext
 from moelab.core.errors import ConfigError, MoelabError
 from moelab.core.types import Execution
 from moelab.decoding.base import Decoding
+from moelab.decoding.steps import step_for
 from moelab.eval.tasks import check_tasks, score_tasks
 from moelab.interrupts import Interrupts
 from moelab.loggers.base import Logger
@@ -362,8 +363,13 @@ class RunRecipe:
 
     def warm_up(self) -> None:
         """A short generation through the executor, then forgotten."""
+        kwargs: dict[str, Any] = {}
+        n = min(2, self.new_tokens)
+        if self.path.graphs:  # a third token captures the decode graph, untimed, for the timed pass's cache length
+            n = min(3, self.new_tokens)
+            kwargs["step_factory"] = lambda om, b, length: step_for(om, b, length + self.new_tokens - n)
         with through_executor(self.om, self.executor, self.comps):
-            self.comps.decoding.generate(self.om, self.batches[:1], min(2, self.new_tokens))
+            self.comps.decoding.generate(self.om, self.batches[:1], n, **kwargs)
         self.executor.reset()
 
     def profile(self) -> None:

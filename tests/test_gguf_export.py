@@ -116,3 +116,24 @@ def test_trained_model_keeps_its_tokenizer_and_weights(tmp_path):
     assert t.tensor_type == gguf.GGMLQuantizationType.BF16 and shape == (16, 256, 224)
     # the checkpoint is bf16: the file holds exactly the weights moelab runs
     np.testing.assert_array_equal(down, om.store.layer_tensors(7)["down_proj"].float().numpy())
+
+
+def test_llama_cpp_loads_the_file(tmp_path):
+    """With a CPU build of llama.cpp (`python benchmarks/llama_cpp.py build --cpu`, ~7 min on 2 cores), llama-bench
+    loads a written file and runs it with some experts on the CPU; skipped without the build."""
+    import subprocess
+    from pathlib import Path
+
+    exe = Path(export.ROOT) / "build" / "llama.cpp-cpu" / "bin" / "llama-bench"
+    if not exe.exists():
+        pytest.skip("no CPU build of llama.cpp in build/llama.cpp-cpu")
+    path = tmp_path / "tiny.gguf"
+    _write(TINY["qwen3_moe"], path)
+    p = subprocess.run([str(exe), "-m", str(path), "-p", "4", "-n", "2", "-r", "1", "-t", "1", "--n-cpu-moe", "1",
+                        "-o", "json"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    import json
+
+    rows = json.loads(p.stdout[p.stdout.index("["):])
+    assert {r["n_gen"] for r in rows} == {0, 2} and all(r["avg_ts"] > 0 for r in rows)
+    assert rows[0]["model_type"].startswith("qwen3moe")
