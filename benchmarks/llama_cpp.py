@@ -62,7 +62,7 @@ BUDGETS = (0.125, 0.25, 0.5)
 # tools/llama-bench and examples/simple; tools/ and examples/ get a CMakeLists.txt naming only those two.
 STRIP = (
     "docs", "models", "tests", "benches", "media", "scripts", "app", "skills", "ci", "conversion", "gguf-py",
-    "grammars", "requirements", "prompts", ".github", ".devops", ".git", ".gitmodules", "pocs/vdot",
+    "grammars", "requirements", "prompts", ".github", ".devops", ".git", ".gitmodules", ".gitignore", "ggml/.gitignore", "pocs/vdot",
     "vendor/miniaudio/miniaudio.h",
     "tools/*", "examples/*", *(f"ggml/src/ggml-{b}" for b in (
         "blas", "cann", "et", "hexagon", "hip", "metal", "musa", "opencl", "openvino", "rpc", "sycl", "virtgpu",
@@ -92,7 +92,7 @@ def prepare(args: argparse.Namespace) -> Path:
         if not found or args.version and not any(args.version in f.name for f in found):
             log(f"pip download {spec} (source archive, ~77 MB)")
             subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                            "--no-build-isolation", "-d", str(dl), spec], check=True)
+                            "-d", str(dl), spec], check=True)
             found = sorted(dl.glob("llama_cpp_python-*.tar.gz"))
         archive = found[-1]
     pkg_version = re.sub(r"^llama_cpp_python-|\.tar\.gz$", "", archive.name)
