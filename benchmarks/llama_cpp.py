@@ -62,8 +62,8 @@ BUDGETS = (0.125, 0.25, 0.5)
 # tools/llama-bench and examples/simple; tools/ and examples/ get a CMakeLists.txt naming only those two.
 STRIP = (
     "docs", "models", "tests", "benches", "media", "scripts", "app", "skills", "ci", "conversion", "gguf-py",
-    "grammars", "requirements", "prompts", ".github", ".devops", ".git", ".gitmodules", ".gitignore", "ggml/.gitignore", "pocs/vdot",
-    "vendor/miniaudio/miniaudio.h",
+    "grammars", "requirements", "prompts", ".github", ".devops", ".git", ".gitmodules", ".gitignore",
+    "ggml/.gitignore", "pocs/vdot", "vendor/miniaudio/miniaudio.h",
     "tools/*", "examples/*", *(f"ggml/src/ggml-{b}" for b in (
         "blas", "cann", "et", "hexagon", "hip", "metal", "musa", "opencl", "openvino", "rpc", "sycl", "virtgpu",
         "vulkan", "webgpu", "zdnn", "zendnn")), "*.py", "flake.nix", "build-xcframework.sh", "Makefile",
