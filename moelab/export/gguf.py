@@ -37,6 +37,7 @@ depend on the vocabulary), not to read text.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -132,7 +133,8 @@ def needs_random_init(model: str) -> bool | None:
 def default_name(cfg: Mapping[str, Any], outtype: str) -> str:
     layers = f"-{cfg['num_layers']}L" if cfg.get("num_layers") else ""
     rand = "-random" if cfg.get("random_init") else ""
-    extra = "-" + "-".join(f"{k}{v}" for k, v in sorted((cfg.get("config") or {}).items())) if cfg.get("config") else ""
+    conf = json.dumps(cfg.get("config") or {}, sort_keys=True, default=str)  # overrides: a short digest
+    extra = "-" + hashlib.sha1(conf.encode()).hexdigest()[:8] if cfg.get("config") else ""
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{cfg.get('name', 'model')}{rand}{layers}{extra}-{outtype}.gguf")
 
 
