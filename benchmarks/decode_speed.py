@@ -146,6 +146,8 @@ def exactness(args: argparse.Namespace) -> None:
               ("olmoe", ["model=olmoe", "model.random_init=true", "model.num_layers=4"]),
               ("qwen2_moe", ["model=qwen2_moe", "model.random_init=true", "model.num_layers=4"]),
               ("deepseek_v2_lite", ["model=deepseek_v2_lite", "model.random_init=true", "model.num_layers=4"])]
+    if args.quick:  # CPU smoke test: the tiny random model
+        device, models = torch.device("cpu"), [("tiny", ["model=tiny"])]
     rows = []
     for name, over in models:
         cfg = compose(over + [f"device={device.type}"])
