@@ -289,7 +289,7 @@ class RunRecipe:
         wl, dec = comps.workload, comps.decoding
         tok_dir = tokenizer_dir(plan.source) if plan.source is not None else None
         wl.prepare(load_tokenizer(tok_dir, plan.skeleton.config).encode)  # length filters: tokenizer, no weights
-        config_check.check_planned(c, comps, plan.spec)  # after prepare: a dataset workload's prompts are known
+        config_check.check_planned(c, comps, plan)  # after prepare: a dataset workload's prompts are known
         self.eval_tasks = check_tasks(c)  # lm-eval task names, checked before any weight is read
         row.update(
             policy=policy_label(c), prefetch=c["prefetch"]["name"], cache=c["cache"]["name"],

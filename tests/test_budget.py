@@ -21,7 +21,16 @@ def test_precedence_and_values():
     assert b(gpu_experts=5, fraction=0.25).experts == 5
     assert b(gpu_gib=3 / 1024).experts == 3
     assert b(fraction=1.0).experts == 32
-    assert b(gpu_experts=1000).experts == 32  # capped at all experts
+    assert b(gpu_experts=32).experts == b(gpu_gib=32 / 1024).experts == 32
+
+
+@pytest.mark.parametrize("cfg", [{"gpu_experts": 1000}, {"gpu_gib": 1e12}])
+def test_more_than_the_model_has_is_refused_never_clamped(cfg):
+    """Every budget key asking for more slots than the model has experts is refused alike, naming the maximum."""
+    with pytest.raises(ConfigError) as e:
+        b(**cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and f"budget.{next(iter(cfg))}=" in msg and "2..32 experts" in msg, msg
 
 
 def test_below_top_k_is_refused_with_the_minimum():

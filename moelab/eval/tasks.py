@@ -11,13 +11,30 @@ import json
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from moelab.config_schema import Count, NonNegative, Range
 from moelab.core.errors import ConfigError, MissingDependencyError
 
 OWN_TASKS = Path(__file__).resolve().parent / "task_configs"
 _MANAGERS: dict[tuple, Any] = {}
+
+
+@dataclass
+class EvalOptions:
+    """The schema of `eval.*` (conf/config.yaml), read by the functions below."""
+
+    tasks: list[str] | str | None = None  # a list, or names separated by commas
+    limit: Count | Annotated[float, Range(0, 1, lo_open=True, hi_open=True)] | None = None  # per task; < 1: a share
+    num_fewshot: NonNegative | None = None
+    include_path: str | list[str] | None = None
+    include_defaults: bool = True
+    gen_kwargs: dict[str, Any] | None = None
+    bootstrap_iters: NonNegative = 1000
+    max_length: Count | None = None
+    log_samples: bool = False
 
 
 def _eval_cfg(c: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -9,14 +9,17 @@ generated on the device when there is one.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from moelab.config_schema import Count
 from moelab.core import registry
 from moelab.core.errors import CheckpointError, ConfigError
 from moelab.core.types import ModelSpec
@@ -28,6 +31,8 @@ from moelab.models.tokenizer import load_tokenizer
 from moelab.offload.layout import ExpertLayout
 from moelab.offload.store import ExpertStore
 
+# the config fields whose product the attention's projections must match (named when a shape cannot run)
+SHAPE_FIELDS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim")
 DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -48,6 +53,27 @@ def adapter_for(model_type: str) -> MoeAdapter:
             f"architecture {model_type!r} has no moelab MoE adapter; supported architectures: {', '.join(supported)}"
         )
     return registry.get("arch", model_type)()
+
+
+@dataclass
+class ModelOptions:
+    """The schema of a `model` config (conf/model/*.yaml), read by `hf_config` and `plan_model` below (`draft` by
+    moelab.models.drafts, `predictors` by prefetch=mlp's default path). `config` and `shapes` are transformers
+    config fields, checked by the architecture's config class and by `check_buildable`."""
+
+    name: str = "model"
+    arch: str | None = None  # HF model_type; selects the adapter
+    path: str | None = None  # hub id or local directory
+    revision: str | None = None
+    random_init: bool = False
+    num_layers: Count | None = None
+    dtype: str = "auto"  # parse_dtype
+    seed: int = 0
+    tiny: bool = False
+    draft: str | None = None
+    predictors: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    shapes: dict[str, Any] | None = None
 
 
 @dataclass
@@ -91,7 +117,11 @@ def hf_config(cfg: Mapping[str, Any]) -> tuple[Any, MoeAdapter, ModelSource | No
         try:
             config = AutoConfig.from_pretrained(str(source.dir), **overrides)
         except Exception as e:
-            raise CheckpointError(f"{source}: config.json cannot be read as a {model_type} config: {e}") from None
+            if overrides:
+                raise ConfigError(f"{_named_field(e, cfg)} cannot be applied to {source}'s {model_type} config: "
+                                  f"{_first_line(e)}") from None
+            raise CheckpointError(f"{source}: config.json cannot be read as a {model_type} config: "
+                                  f"{_first_line(e)}") from None
     else:
         if not arch:
             raise ConfigError("model needs either `path` (a hub id or a local HF directory) or `arch` with "
@@ -104,7 +134,10 @@ def hf_config(cfg: Mapping[str, Any]) -> tuple[Any, MoeAdapter, ModelSource | No
         try:
             config = AutoConfig.for_model(str(arch), **overrides)
         except Exception as e:  # transformers validates fields with its own error types
-            raise ConfigError(f"invalid model.config for {arch}: {' '.join(str(e).split())}") from None
+            def build(**kw: Any) -> Any:
+                return AutoConfig.for_model(str(arch), **(adapter.tiny_config(**kw) if cfg.get("tiny") else kw))
+
+            raise ConfigError(f"invalid {_named_field(e, cfg, build)} for {arch}: {_first_line(e)}") from None
     if cfg.get("num_layers") is not None:
         adapter.set_num_layers(config, int(cfg["num_layers"]))
     return config, adapter, source
@@ -133,12 +166,72 @@ def plan_model(cfg: Mapping[str, Any], device: torch.device | None = None) -> Mo
         expert_bytes=layout.nbytes,
         hidden_size=int(config.hidden_size),
     )
+    if not 1 <= spec.top_k <= spec.num_experts:
+        raise ConfigError(f"the model routes each token to top_k={spec.top_k} experts (model.config."
+                          f"num_experts_per_tok) but has {spec.num_experts} experts per layer; allowed: "
+                          f"1..{spec.num_experts}")
+    check_buildable(skeleton, adapter, str(cfg.get("arch") or config.model_type))
     plan = ModelPlan(str(cfg.get("name", config.model_type)), adapter, skeleton, spec, layout, dtype, weights,
                      int(cfg.get("seed", 0)))
     if weights is not None:  # the host-memory check reads the experts' size from the headers, not from weights
         plan.checkpoint_expert_bytes = expert_bytes_from_headers(
             tensor_shapes(weights), adapter, len(adapter.decoder_layers(skeleton)), dtype, str(weights))
     return plan
+
+
+def check_buildable(skeleton: nn.Module, adapter: MoeAdapter, arch: str) -> None:
+    """One forward step of the meta-device skeleton (no memory, no weights; the experts, whose routing is
+    data-dependent, stubbed): shapes the architecture cannot run (a hidden size its heads do not divide, heads its
+    key/value heads do not divide) fail here in one line instead of after the weights are read."""
+    try:
+        with torch.no_grad(), _experts_stubbed(adapter.moe_blocks(skeleton).values()):
+            skeleton(input_ids=torch.zeros(1, 2, dtype=torch.long, device="meta"), use_cache=True)
+    except Exception as e:
+        c = skeleton.config
+        shape = ", ".join(f"{k}={getattr(c, k)}" for k in SHAPE_FIELDS if getattr(c, k, None) is not None)
+        raise ConfigError(f"{arch} cannot run the shape model.config {shape} ({_first_line(e)[:120]}); allowed: "
+                          "shapes it builds: hidden_size a multiple of num_attention_heads (or head_dim given), "
+                          "num_attention_heads a multiple of num_key_value_heads") from None
+
+
+@contextmanager
+def _experts_stubbed(blocks: Any) -> Iterator[None]:
+    experts = [b.experts for b in blocks]
+
+    def zeros(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.zeros_like(hidden_states)
+
+    for m in experts:
+        m.forward = zeros
+    try:
+        yield
+    finally:
+        for m in experts:
+            del m.forward
+
+
+def _named_field(e: BaseException, cfg: Mapping[str, Any], build: Any = None) -> str:
+    """`model.config.<field>=<value>` for the field transformers' validation refuses: the one its error names, else
+    the one whose removal lets `build(**overrides)` succeed; `model.config` when neither tells."""
+    sections = {f"model.{s}": dict(cfg.get(s) or {}) for s in ("config", "shapes")}
+    m = re.search(r"field '(\w+)'", str(e))
+    for where, values in sections.items():
+        if m and m[1] in values:
+            return f"{where}.{m[1]}={values[m[1]]!r}"
+    if build is not None:
+        merged = {**sections["model.shapes"], **sections["model.config"]}
+        for where, values in reversed(list(sections.items())):
+            for key in values:
+                try:
+                    build(**{k: v for k, v in merged.items() if k != key})
+                except Exception:
+                    continue
+                return f"{where}.{key}={values[key]!r}"
+    return "model.config"
+
+
+def _first_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _swap_experts(om: OffloadedModel) -> None:

@@ -11,10 +11,22 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from moelab.core.errors import ConfigError
 from moelab.models.hub import ModelSource, locate
+
+
+@dataclass
+class DraftOptions:
+    """The schema of `decoding.draft` (conf/decoding/speculative.yaml): read here (`path`) and by the speculative
+    decoding's DraftModel (a random draft's `arch`, `seed` and `config`, transformers config fields)."""
+
+    path: str | None = None
+    arch: str = "llama"
+    seed: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 def random_target(model: Mapping[str, Any]) -> bool:
@@ -29,6 +41,7 @@ def choose_draft(cfg: Mapping[str, Any]) -> dict[str, Any]:
         return out
     model = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
     draft = dict(dec.get("draft") or {})
+    check_random_draft(draft)  # typed even where a draft path makes it unused
     path = draft.get("path") or (None if random_target(model) else model.get("draft"))
     if path:
         # a target that cannot be found is named before its draft
@@ -52,6 +65,22 @@ def choose_draft(cfg: Mapping[str, Any]) -> dict[str, Any]:
                           "none: set decoding.draft.path=<hub id or local directory> (or model.random_init=true "
                           "for a random target and draft)")
     return out
+
+
+def check_random_draft(draft: Mapping[str, Any]) -> None:
+    """A random draft's `arch` and `config` as transformers reads them, before any weight is read (one line)."""
+    import re
+
+    from transformers import AutoConfig
+
+    arch, config = str(draft.get("arch", "llama")), dict(draft.get("config") or {})
+    try:
+        AutoConfig.for_model(arch, **config)
+    except Exception as e:  # an unknown arch, or a field transformers' validation refuses
+        m = re.search(r"field '(\w+)'", str(e))
+        key = (f"decoding.draft.config.{m[1]}={config[m[1]]!r}" if m and m[1] in config
+               else f"decoding.draft.arch={arch}")
+        raise ConfigError(f"invalid {key} for a random draft: {' '.join(str(e).split())[:200]}") from None
 
 
 def draft_name(dec: Mapping[str, Any]) -> str | None:

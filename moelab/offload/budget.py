@@ -9,10 +9,22 @@ from typing import Any
 
 import torch
 
+from moelab.config_schema import Count, Fraction, Positive
 from moelab.core.errors import ConfigError
 from moelab.core.types import ModelSpec
 
 GIB = 2**30
+
+
+@dataclass(frozen=True)
+class BudgetOptions:
+    """The schema of `budget.*` (conf/budget/*.yaml), read by `resolve_budget`: the first one set wins. Each is
+    refused when it asks for more than the model has, never clamped."""
+
+    gpu_experts: Count | None = None  # expert slots
+    gpu_gib: Positive | None = None  # GiB of expert slots
+    fraction: Fraction | None = None  # of all routed experts
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -84,7 +96,12 @@ def resolve_budget(cfg: Mapping[str, Any], spec: ModelSpec, device: torch.device
             f"top_k={spec.top_k} (allowed: {spec.top_k}..{total} experts, "
             f"i.e. fraction >= {spec.top_k / total:.4f} or gpu_gib >= {spec.top_k * spec.expert_bytes / GIB:.3f})"
         )
-    n = min(n, total)
+    if n > total:  # refused, as every budget key is: the run would not have the cache it asked for
+        gib = total * spec.expert_bytes / GIB
+        raise ConfigError(
+            f"budget.{key}={value} is {n} expert slots, more than the model's {total} routed experts ({gib:.3g} GiB); "
+            f"allowed: {spec.top_k}..{total} experts (gpu_gib <= {gib:.3g}; budget=full keeps them all on the GPU)"
+        )
     need = n * spec.expert_bytes
     free = free_device_bytes(device) - int(reserve_gib * GIB)
     if need > free:

@@ -32,6 +32,9 @@ class PrefetchPolicy:
     # Policies that must know the run's routing in advance (the oracle): the runner profiles it and binds a
     # context whose `future` holds it.
     needs_future: bool = False
+    # False for a policy that never asks for anything ahead of need: there is nothing to speculate on
+    # (`execution.speculative` refuses it) and nothing to score.
+    predicts: bool = True
     # Estimators this policy keeps and offers to the run's cache and balancer (through the run context).
     estimator: Any = None
     engine: Any = None

@@ -21,6 +21,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from moelab.config_schema import NonNegative
 from moelab.core.context import RunContext
 from moelab.core.registry import register
 from moelab.core.types import CacheView, ExpertKey, Placement
@@ -90,7 +91,7 @@ def best_split_greedy(t_res: float, fetch: Sequence[float], cpu: Sequence[float]
 class SpacBalancer(Balancer):
     needs_costs = True
 
-    def __init__(self, exact_max: int = 14):
+    def __init__(self, exact_max: NonNegative = 14):
         self.exact_max = int(exact_max)
         self.utility = None
 

@@ -7,3 +7,5 @@ from moelab.policies.base import PrefetchPolicy
 @register("prefetch", "none")
 class NoPrefetch(PrefetchPolicy):
     """Never asks for anything ahead of need."""
+
+    predicts = False
