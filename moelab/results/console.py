@@ -50,6 +50,7 @@ def print_summary(row: Mapping[str, Any], console: Console | None = None) -> Non
         ("tokens/s", _fmt(row.get("tokens_per_s"))),
         ("token agreement", _fmt(row.get("token_agreement"))),
         ("ppl (delta)", f"{_fmt(row.get('ppl'))} ({_fmt(row.get('ppl_delta'))})"),
+        ("path (host syncs/token)", f"{row.get('execution_path')} ({_fmt(row.get('host_syncs_per_token'))})"),
     ]
     right = [
         ("hit rate", _fmt(row.get("hit_rate"))),
@@ -59,6 +60,7 @@ def print_summary(row: Mapping[str, Any], console: Console | None = None) -> Non
         ("stall (share)", f"{_fmt(row.get('stall_ms'), ' ms')} ({_fmt(row.get('stall_share'))})"),
         ("H2D GB/s (demand)", _fmt(row.get("h2d_gbps_demand"))),
         ("floor ms/token (eff.)", _floor(row)),
+        ("CPU share", _fmt(row.get("cpu_share"))),
     ]
     if row.get("prediction_topk_recall") is not None and not math.isnan(row["prediction_topk_recall"]):
         left.append(("prediction recall", _fmt(row.get("prediction_topk_recall"))))
@@ -67,6 +69,8 @@ def print_summary(row: Mapping[str, Any], console: Console | None = None) -> Non
     for (a, b), (c, d) in zip(left, right):
         t.add_row(a, str(b), c, str(d))
     console.print(t)
+    if row.get("graph_note") and row.get("execution_path") == "eager" and row.get("device") == "cuda":
+        console.print(f"eager path: {row['graph_note']}", style="dim")
     console.print(
         "decode-phase numbers; timings on a CPU device exercise the code but are not results"
         if row.get("device") == "cpu" else "decode-phase numbers (prefill in ttft_ms, h2d_bytes_prefill)",
