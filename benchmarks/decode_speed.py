@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import subprocess
 import sys
 import time
@@ -48,7 +49,9 @@ COLUMNS = ["label", "round", "execution_path", "budget_fraction", "tpot_median_m
 def provenance() -> dict[str, Any]:
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    # the device's copy of the tree may not know its commit: the caller passes it (MOELAB_COMMIT=$(git rev-parse HEAD))
+    commit = os.environ.get("MOELAB_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return {"bench_commit": commit or "unknown", "bench_date": dt.datetime.now(dt.timezone.utc).isoformat(),
             "bench_command": " ".join([Path(sys.executable).name, *sys.argv]),
             "bench_device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}

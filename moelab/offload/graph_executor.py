@@ -41,6 +41,7 @@ from moelab.offload.executor import OffloadExecutor, StepInfo
 from moelab.offload.gather import device_view, gather_experts
 
 NEVER = -1  # stamp of a slot never used (evicted first)
+MAX_GROUPS = 1024  # groups one torch grouped GEMM takes ("Can't process more than 1024 groups")
 
 
 class GraphExecutor(OffloadExecutor):
@@ -201,7 +202,7 @@ class GraphExecutor(OffloadExecutor):
         old = self.owner[new_slot]  # [N] evicted key or -1
         evicted = need & (old >= 0)  # [N]
         spare_key = self.num_keys
-        self.table[torch.where(evicted, old, spare_key)] = -1
+        self.table.index_fill_(0, torch.where(evicted, old, spare_key), -1)  # (a scalar index_put_ would copy H2D)
         self.table[torch.where(need, keys, spare_key)] = new_slot
         self.owner[new_slot] = torch.where(need, keys, -1)
         src = torch.where(need, keys - base, -1)  # [N] expert within the layer, -1: nothing to copy
@@ -214,15 +215,26 @@ class GraphExecutor(OffloadExecutor):
 
     def _compute_rows(self, layer: int, hidden: torch.Tensor, top_k_weights: torch.Tensor, pairs: torch.Tensor,
                       slots: torch.Tensor, rows: torch.Tensor) -> None:
-        """rows[pairs] = weighted expert outputs: one grouped GEMM per projection over the whole slot pool, rows
-        grouped by slot (slots ascending, an expert's pairs in expert order); empty slots are empty groups."""
+        """rows[pairs] = weighted expert outputs: one grouped GEMM per projection over the slot pool, rows grouped
+        by slot (slots ascending, an expert's pairs in expert order); empty slots are empty groups. A pool of more
+        slots than one grouped GEMM takes (MAX_GROUPS) is covered in windows: each window's call takes every row,
+        those of other windows in one extra group (the slot past the window) whose results are dropped."""
         C, K = self.capacity, top_k_weights.shape[-1]
-        by_slot, order = torch.sort(slots, stable=True)  # [n]
-        pairs = pairs[order]  # [n] (token, k) position of each row
-        counts = torch.zeros(C + 1, dtype=torch.long, device=slots.device).index_add_(
-            0, slots, torch.ones_like(slots))  # [C + 1] rows per slot
-        offs = torch.cumsum(counts[:C], 0).to(torch.int32)  # [C] group ends
-        pools = {name: pool[:C] for name, pool in self.pool.pools.items()}
         kernel = self.kernels[layer]
-        y = kernel(hidden[pairs // K], pools, offs, by_slot if kernel.has_bias else None)  # [n, H]
+        y: torch.Tensor | None = None
+        window = MAX_GROUPS - 1
+        for lo in range(0, C, window):
+            hi = min(C, lo + window)  # slots [lo, hi) computed; slot hi (the spare row past the last) takes the rest
+            inside = (slots >= lo) & (slots < hi)  # [n]
+            group = torch.where(inside, slots - lo, hi - lo)  # [n] group of each row; hi - lo: the dropped group
+            by_group, order = torch.sort(group, stable=True)  # [n] within an expert: the expert order's pairs
+            counts = torch.zeros(hi - lo + 1, dtype=torch.long, device=slots.device).index_add_(
+                0, group, torch.ones_like(group))  # [G] rows per group
+            offs = torch.cumsum(counts, 0).to(torch.int32)  # [G] group ends
+            pools = {name: pool[lo : hi + 1] for name, pool in self.pool.pools.items()}
+            bias_rows = by_group if kernel.has_bias else None
+            out = kernel(hidden[pairs[order] // K], pools, offs, bias_rows)  # [n, H] in group order
+            part = torch.empty_like(out).index_copy_(0, order, out)  # [n, H] back in expert order
+            y = part if y is None else torch.where(inside.unsqueeze(-1), part, y)
+        assert y is not None
         rows[pairs] = y * top_k_weights.reshape(-1)[pairs].unsqueeze(-1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import subprocess
 from collections.abc import Mapping
@@ -42,6 +43,10 @@ def run_id(cfg: Mapping[str, Any]) -> str:
 
 
 def git_commit() -> str:
+    """The checkout's commit (`-dirty` with uncommitted changes); MOELAB_COMMIT overrides it where the tree's git
+    history is not the truth (a copy of the working tree sent to a GPU machine)."""
+    if os.environ.get("MOELAB_COMMIT"):
+        return os.environ["MOELAB_COMMIT"]
     root = Path(__file__).resolve().parents[2]
     try:
         out = subprocess.run(
