@@ -149,6 +149,8 @@ def exactness(args: argparse.Namespace) -> None:
               ("olmoe", ["model=olmoe", "model.random_init=true", "model.num_layers=4"]),
               ("qwen2_moe", ["model=qwen2_moe", "model.random_init=true", "model.num_layers=4"]),
               ("deepseek_v2_lite", ["model=deepseek_v2_lite", "model.random_init=true", "model.num_layers=4"])]
+    if args.models:
+        models = [m for m in models if m[0] in args.models]
     if args.quick:  # CPU smoke test: the tiny random model
         device, models = torch.device("cpu"), [("tiny", ["model=tiny"])]
     rows = []
@@ -208,6 +210,7 @@ def main() -> None:
     ap.add_argument("--eager-policies", nargs="*", default=["qhs", "oracle", "fiddler"])
     ap.add_argument("--scratch", default="/tmp/moelab_decode_speed")
     ap.add_argument("--quick", action="store_true", help="tiny shapes on the CPU (smoke test)")
+    ap.add_argument("--models", nargs="*", help="exactness: only these of its models")
     ap.add_argument("--trained", action="store_true", help="exactness: also the trained checkpoints")
     args = ap.parse_args()
     (speed if args.what == "speed" else exactness)(args)
