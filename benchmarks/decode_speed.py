@@ -198,9 +198,23 @@ def exactness(args: argparse.Namespace) -> None:
                               "capture_failure"]].to_string(index=False))
 
 
+def table(args: argparse.Namespace) -> None:
+    """benchmarks/README.md's decode-speed tables, from the committed raw rows (one table per device and commit)."""
+    import pandas as pd
+
+    df = pd.read_parquet(ROOT / "benchmarks" / "results" / "decode_speed.parquet")
+    cols = {"label": "point", "execution_path": "path", "tpot_median_ms": "TPOT p50 ms", "tokens_per_s": "tok/s",
+            "hit_rate": "hit rate", "compute_floor_ms_per_token": "compute floor ms", "floor_ms_per_token": "floor ms",
+            "efficiency": "efficiency", "host_syncs_per_token": "syncs/token",
+            "graph_replays_per_token": "replays/token", "status": "status"}
+    for (device, commit), g in df.groupby(["bench_device", "bench_commit"], sort=False):
+        print(f"\n{device}, commit {commit}, `{g.bench_command.iloc[0]}`\n")
+        print(g[list(cols)].rename(columns=cols).to_markdown(index=False, floatfmt=".3g"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["speed", "exactness"])
+    ap.add_argument("what", choices=["speed", "exactness", "table"])
     ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen3")
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=1)
@@ -213,7 +227,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", help="exactness: only these of its models")
     ap.add_argument("--trained", action="store_true", help="exactness: also the trained checkpoints")
     args = ap.parse_args()
-    (speed if args.what == "speed" else exactness)(args)
+    {"speed": speed, "exactness": exactness, "table": table}[args.what](args)
 
 
 if __name__ == "__main__":
