@@ -104,3 +104,25 @@ def test_runner_reports_acceptance_and_experts_per_verification(tmp_path):
     assert row.token_agreement == 1.0  # greedy speculative decoding is exact
     assert 0 <= row.acceptance_rate <= 1 and row.mean_accepted_len >= 1
     assert row.unique_experts_per_verify >= 2  # top-2 of 16 over 4 tokens
+
+
+def test_the_target_step_is_a_parameter_and_a_static_cache_rolls_back(target_and_drafts):
+    """The loop takes the target's forward step (moelab.decoding.steps): over a static cache, rejected positions are
+    rolled back by `crop` and the greedy output is still the target's own."""
+    from moelab.decoding.steps import GraphStep, static_length
+
+    model, drafts = target_and_drafts
+    om = offloaded_copy(model)
+    batches = [[p] for p in random_prompts(2, 256)]
+    ref = AR.generate(PlainModel(model, om.device), batches, 11)
+    sd = SpeculativeDecoding(gamma=3, draft={"path": drafts["partial"]})
+    made = []
+
+    def static(m, b, n):
+        made.append(GraphStep(m, b, static_length(m, n)))
+        return made[-1]
+
+    with om.using(make_executor(om, 5)):
+        out = sd.generate(om, batches, 11, step_factory=static)
+    assert out.new_tokens == ref.new_tokens
+    assert len(made) == 2 and 0.0 < sd.stats()["acceptance_rate"] < 1.0  # rejections happened: crops were needed

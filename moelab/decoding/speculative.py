@@ -21,7 +21,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
-from moelab.decoding.base import Decoding, Generation, StepTiming, forward_step, now_ms
+from moelab.decoding.base import Decoding, Generation, StepTiming, now_ms
+from moelab.decoding.steps import EagerStep, ForwardStep
 from moelab.models.hf_compat import cache_kwargs
 from moelab.models.hub import locate, weight_dir
 from moelab.models.offloaded import OffloadedModel
@@ -133,7 +134,11 @@ class SpeculativeDecoding(Decoding):
         max_new_tokens: int,
         keep_logits: bool = False,
         on_tokens: Callable[[int], None] | None = None,
+        step_factory: Callable[[OffloadedModel, int, int], ForwardStep] | None = None,
     ) -> Generation:
+        """`step_factory(om, 1, max_len)`: the target's forward step per prompt (default: an `EagerStep`; the
+        verification passes are not captured as graphs yet)."""
+        self._make_step = step_factory or (lambda m, b, n: EagerStep(m))
         if any(len(b) != 1 for b in batches):
             raise ConfigError("decoding=speculative runs one sequence at a time: set workload.batch_size=1")
         draft = self.draft.get(om)
@@ -149,9 +154,11 @@ class SpeculativeDecoding(Decoding):
 
     def _one(self, om, draft, b, prompt, max_new, gen, keep_logits, on_tokens, rng, eos) -> list[int]:
         dev = om.device
-        target_kv, draft_kv = DynamicCache(config=om.config), DynamicCache(config=draft.config)
+        # the target's forward step and the KV cache it owns (moelab.decoding.steps), rolled back by `crop`
+        target = self._make_step(om, 1, len(prompt) + max_new + self.gamma + 1)
+        draft_kv = DynamicCache(config=draft.config)
         t0 = now_ms()
-        logits, step = forward_step(om, "prefill", torch.tensor([prompt], device=dev), None, target_kv)
+        logits, step = target("prefill", torch.tensor([prompt], device=dev), None)
         first = self._pick(logits[0, -1:], rng)[0]
         gen.steps.append(StepTiming(step, "prefill", b, 1, len(prompt), 1, now_ms() - t0))
         if keep_logits:
@@ -171,7 +178,7 @@ class SpeculativeDecoding(Decoding):
             dlen = len(seq)
             # verify [last committed token, proposals] in one offloaded forward step
             x = torch.tensor([[seq[-1], *proposals]], device=dev)
-            logits, step = forward_step(om, "verify", x, None, target_kv)
+            logits, step = target("verify", x, None)
             accepted, nxt = self._accept(logits[0].float(), proposals, q, rng)
             if forced is not None:
                 accepted, nxt = forced[1], int(logits[0, forced[1]].argmax())
@@ -182,7 +189,7 @@ class SpeculativeDecoding(Decoding):
             base = len(seq)
             seq += new
             out += new
-            crop_to(target_kv, base + accepted)  # everything but the new last token, which the next step feeds
+            target.crop(base + accepted)  # everything but the new last token, which the next step feeds
             dlen = min(dlen + accepted, draft_kv.get_seq_length())
             crop_to(draft_kv, dlen)
             self.proposed += g

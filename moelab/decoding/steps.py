@@ -25,13 +25,17 @@ from transformers import DynamicCache, StaticCache
 from moelab.models.hf_compat import cache_kwargs
 from moelab.models.offloaded import OffloadedModel
 
-Phase = Literal["prefill", "decode", "verify", "forward"]
+Phase = Literal["prefill", "decode", "verify", "forward", "score"]
 LENGTH_BUCKET = 64  # static caches are sized in multiples of this, so batches of similar length share a graph
 
 
 class ForwardStep(Protocol):
     def __call__(self, phase: Phase, ids: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, int]:
         """Logits [B, S, V] for `ids` [B, S] appended to the cache, and the backend's step number."""
+        ...
+
+    def crop(self, length: int) -> None:
+        """Keep the first `length` positions of the cache (speculative decoding's rollback of rejected tokens)."""
         ...
 
 
@@ -48,6 +52,11 @@ class EagerStep:
         from moelab.decoding.base import forward_step
 
         return forward_step(self.om, phase, ids, mask, self.kv)
+
+    def crop(self, length: int) -> None:
+        extra = self.kv.get_seq_length() - length
+        if extra > 0:
+            self.kv.crop(-extra)  # a negative crop removes tokens in every transformers >= 5
 
 
 class GraphStep:
@@ -80,6 +89,15 @@ class GraphStep:
         """Empty the cache in place (a captured graph keeps pointing at it)."""
         self.cache.reset()
         self.length = 0
+
+    def crop(self, length: int) -> None:
+        """Roll the cache back to `length` positions: later writes overwrite the rest (in place, graph-safe)."""
+        if length < self.length:
+            if not self._cache_position:  # releases that keep a per-layer counter of positions written
+                for layer in self.cache.layers:
+                    if getattr(layer, "is_initialized", False):
+                        layer.cumulative_length.fill_(length)
+            self.length = length
 
     def prefill(self, ids: torch.Tensor) -> torch.Tensor:
         """Last-position logits [B, V] after feeding the prompt `ids` [B, P]."""
