@@ -221,6 +221,16 @@ class GraphExecutor(OffloadExecutor):
         those of other windows in one extra group (the slot past the window) whose results are dropped."""
         C, K = self.capacity, top_k_weights.shape[-1]
         kernel = self.kernels[layer]
+        if C < MAX_GROUPS:  # one grouped GEMM over the whole pool
+            by_slot, order = torch.sort(slots, stable=True)  # [n] within an expert: the expert order's pairs
+            pairs = pairs[order]  # [n] (token, k) position of each row
+            counts = torch.zeros(C, dtype=torch.long, device=slots.device).index_add_(
+                0, slots, torch.ones_like(slots))  # [C] rows per slot
+            offs = torch.cumsum(counts, 0).to(torch.int32)  # [C] group ends
+            pools = {name: pool[:C] for name, pool in self.pool.pools.items()}
+            out = kernel(hidden[pairs // K], pools, offs, by_slot if kernel.has_bias else None)  # [n, H]
+            rows[pairs] = out * top_k_weights.reshape(-1)[pairs].unsqueeze(-1)
+            return
         y: torch.Tensor | None = None
         window = MAX_GROUPS - 1
         for lo in range(0, C, window):
