@@ -197,10 +197,11 @@ def status_table(results_dir: str | Path, experiment: str | None = None) -> Any:
 
 def experiments(root: Path) -> list[str]:
     """Experiments under a results folder: folders with a runs.parquet or row files."""
+    from moelab.results.safekeeping import stashed_files
     from moelab.results.store import ROW_FILES
 
     return sorted(p.name for p in root.iterdir() if p.is_dir() and ((p / "runs.parquet").exists() or any(
-        (p / ROW_FILES).glob("*.parquet"))))
+        (p / ROW_FILES).glob("*.parquet")) or stashed_files(p)))
 
 
 USAGE = "usage: python -m moelab.sweep status|merge RESULTS_DIR [EXPERIMENT]"
@@ -209,7 +210,6 @@ USAGE = "usage: python -m moelab.sweep status|merge RESULTS_DIR [EXPERIMENT]"
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m moelab.sweep status|merge RESULTS_DIR [EXPERIMENT]`; a bad input is one `error:` line, exit 2."""
     from moelab.core.errors import MoelabError
-    from moelab.results.store import merge_row_files
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] in (["-h"], ["--help"]):
@@ -229,17 +229,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args[0] == "merge":
-            for name in [args[2]] if len(args) == 3 else known:
-                n = merge_row_files(root / name)
-                if n:
-                    print(f"{root / name}: merged {n} row files into runs.parquet")
+            names = [args[2]] if len(args) == 3 else known
+            for name in names:
+                print(merge(root / name), flush=True)
+            if not names:
+                print(f"no experiments under {root}: nothing to merge")
             return 0
         table = status_table(root, args[2] if len(args) == 3 else None)
-    except MoelabError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (MoelabError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    print(table.to_string() if len(table) else f"no runs under {root}")
+    if not len(table):
+        print(f"no runs under {root}")
+        return 0
+    print(f"{root}: runs by their latest status, per experiment (a later ok supersedes an earlier failure)")
+    print(table.to_string())
     return 0
+
+
+def merge(exp_dir: Path) -> str:
+    """Fold an experiment's row files (its rows/ folder, and rows a full disk left in the temporary folder) into
+    its runs.parquet; one line saying what was done."""
+    from moelab.results.safekeeping import stash_dir, unstash
+    from moelab.results.store import merge_row_files, read_runs
+
+    stashed = unstash(exp_dir)
+    n = merge_row_files(exp_dir)
+    if not n:
+        return f"{exp_dir}: no row files to merge; runs.parquet unchanged"
+    total = len(read_runs(exp_dir.parent, exp_dir.name))
+    extra = f" ({stashed} of them from {stash_dir(exp_dir)})" if stashed else ""
+    return f"{exp_dir}: merged {n} row files{extra} into runs.parquet, which now holds {total} rows"
 
 
 if __name__ == "__main__":

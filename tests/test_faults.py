@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -16,7 +17,7 @@ import hydra
 import pandas as pd
 import pytest
 
-from moelab import runner
+from moelab import runner, sweep
 from moelab.analysis.load import latest_rows
 from moelab.command import run_from_hydra
 from moelab.core.errors import ResultsError
@@ -88,6 +89,10 @@ def test_a_row_that_cannot_be_written_at_the_end_goes_to_a_fallback_file(tmp_pat
     assert str(saved.path) in str(e.value) and saved.path.parent == tmp_path / "results" / "full" / "rows"
     rows = read_runs(tmp_path / "results", "full")  # a row file: found by every reader, merged by `sweep merge`
     assert rows.status.tolist() == ["ok"] and rows.tpot_ms.iloc[0] > 0
+    assert f"python -m moelab.sweep merge {tmp_path / 'results'} full" in str(e.value)
+    assert sweep.main(["merge", str(tmp_path / "results"), "full"]) == 0  # the command the line gives
+    assert not list(saved.path.parent.glob("*.parquet"))
+    assert pd.read_parquet(tmp_path / "results" / "full" / "runs.parquet").run_id.tolist() == rows.run_id.tolist()
 
 
 def test_the_command_exits_non_zero_naming_the_fallback_file(tmp_path, monkeypatch, capsys):
@@ -100,21 +105,49 @@ def test_the_command_exits_non_zero_naming_the_fallback_file(tmp_path, monkeypat
     assert err.count("error:") == 1 and str(safekeeping.LAST.path) in err
 
 
-def test_when_nothing_under_results_can_be_written_the_row_lands_in_the_current_folder(tmp_path, monkeypatch):
+def test_when_the_results_folder_cannot_be_written_the_row_goes_to_the_temp_folder_and_sweep_merge_finds_it(
+        tmp_path, monkeypatch):
     from moelab.loggers.local import LocalLogger
 
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # the system temp folder, as TMPDIR sets it below
     _fail_runs_parquet(monkeypatch)
+    rows_writable = False
+    real_write_row_file = safekeeping.write_row_file
 
-    def no_rows_folder(exp_dir, row):
-        raise PermissionError(13, "Permission denied", str(exp_dir))
+    def rows_folder(exp_dir, row):
+        if not rows_writable:
+            raise OSError(28, "No space left on device", str(exp_dir))
+        return real_write_row_file(exp_dir, row)
 
-    monkeypatch.setattr(safekeeping, "write_row_file", no_rows_folder)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(safekeeping, "write_row_file", rows_folder)
+    monkeypatch.chdir(tmp_path)  # never the current folder (a clone's root) any more
+    results = tmp_path / "results"
+    (results / "e").mkdir(parents=True)  # the run's preflight made it
     row = {"run_id": "r1", "experiment": "e", "status": "ok", "tpot_ms": 1.5}
-    saved = safekeeping.record(row, None, LocalLogger(str(tmp_path / "results"), console=False),
-                               tmp_path / "results" / "e")
-    assert saved.fallback and saved.path.parent == tmp_path and saved.path.name.startswith("moelab-row-r1-")
+    saved = safekeeping.record(row, None, LocalLogger(str(results), console=False), results / "e")
+    assert saved.fallback and saved.path.parent == safekeeping.stash_dir(results / "e")
+    assert saved.path.is_relative_to(tmp) and saved.path.name.startswith("moelab-row-r1-")
     assert pd.read_parquet(saved.path).to_dict("records") == [row]
+    line = saved.line()  # one line: where it is and the command that brings it back
+    assert "\n" not in line and str(saved.path) in line and "temporary folder" in line
+    assert f"python -m moelab.sweep merge {results} e" in line
+    assert list(tmp_path.glob("moelab-row-*")) == []
+
+    rows_writable = True  # room again: the printed command, as a user types it
+    p = subprocess.run([sys.executable, "-m", "moelab.sweep", "merge", str(results), "e"], cwd=ROOT,
+                       capture_output=True, text=True, env={**os.environ, "TMPDIR": str(tmp)}, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == (f"{results / 'e'}: merged 1 row files (1 of them from {saved.path.parent}) "
+                                "into runs.parquet, which now holds 1 rows")
+    assert not saved.path.exists()
+    merged = pd.read_parquet(results / "e" / "runs.parquet")
+    assert merged.to_dict("records") == [row]
+    again = subprocess.run([sys.executable, "-m", "moelab.sweep", "merge", str(results)], cwd=ROOT,
+                           capture_output=True, text=True, env={**os.environ, "TMPDIR": str(tmp)}, timeout=120)
+    assert again.returncode == 0 and again.stdout.strip() == \
+        f"{results / 'e'}: no row files to merge; runs.parquet unchanged"
 
 
 def test_results_files_get_the_umask_mode_not_0600(tmp_path):

@@ -1,13 +1,15 @@
 """A finished measurement is never thrown away: a row the logger cannot write goes to a fallback file.
 
 The fallback is tried in order: a row file in the experiment's `rows/` folder (read and merged like any other
-row file), then the current folder, then the system's temporary folder; each as parquet, else as JSON. As a last
-resort the row is printed. The caller is told where it went (`Stored`), so the command can say so and exit
-non-zero instead of reporting success.
+row file), then a folder of the system's temporary folder kept for that experiment (`stash_dir`: a full results
+disk rarely fills the temporary one too), as parquet, else as JSON; `python -m moelab.sweep merge` brings both
+into runs.parquet. As a last resort the row is printed. The caller is told where it went (`Stored`, one line), so
+the command can say so and exit non-zero instead of reporting success.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from moelab.core.errors import ResultsError
-from moelab.results.store import write_row, write_row_file
+from moelab.results.store import ROW_FILES, write_row, write_row_file
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,20 @@ class Stored:
     path: Path | None
     fallback: bool = False
     reason: str = ""
+    exp_dir: Path | None = None  # the experiment the row belongs to (for the `sweep merge` command to give)
 
     def line(self) -> str:
         if not self.fallback:
             return f"run {self.run_id}: row in {self.path}"
-        where = f"saved in {self.path}" if self.path is not None else "printed above (no file could be written)"
-        return (f"run {self.run_id}: its row could not be written ({self.reason}); it is {where}; "
-                "`python -m moelab.sweep merge RESULTS_DIR` folds rows/ files into runs.parquet")
+        if self.path is None:
+            return (f"run {self.run_id}: its row could not be written ({self.reason}); no file could be written "
+                    "either, so it is printed above as JSON")
+        merge = (f"python -m moelab.sweep merge {self.exp_dir.parent} {self.exp_dir.name}" if self.exp_dir
+                 else "python -m moelab.sweep merge RESULTS_DIR EXPERIMENT")
+        where = "its rows/ folder" if self.exp_dir and self.path.parent == self.exp_dir / ROW_FILES else \
+            "the temporary folder, as the results folder could not be written"
+        return (f"run {self.run_id}: its row could not be written to runs.parquet ({self.reason}); it is saved in "
+                f"{where}: {self.path}; `{merge}` folds it into runs.parquet once there is room")
 
 
 LAST: Stored | None = None  # where the last row of this process went, for the command's closing line
@@ -50,7 +59,7 @@ def record(row: Mapping[str, Any], steps: Any, logger: Any, exp_dir: Path) -> St
         LAST = Stored(rid, Path(logger.log_run(row, steps)))
     except Exception as e:
         reason = (str(e).splitlines() or [type(e).__name__])[0][:300]
-        LAST = Stored(rid, fallback_save(row, exp_dir), fallback=True, reason=reason)
+        LAST = Stored(rid, fallback_save(row, exp_dir), fallback=True, reason=reason, exp_dir=Path(exp_dir))
         if row.get("status") != "ok":  # the run's own error is the command's message: this one adds where it went
             print(f"error: {LAST.line()}", file=sys.stderr, flush=True)
     return LAST
@@ -66,20 +75,51 @@ class RowNotStoredError(ResultsError):
     """The run finished but its row is in a fallback file, not in the experiment's results."""
 
 
+STASH = "moelab-rows"  # <temp>/moelab-rows/<experiment>-<digest of its absolute path>/: rows kept for it
+
+
+def stash_dir(exp_dir: Path | str) -> Path:
+    """The temporary folder kept for the experiment at `exp_dir` (one per absolute path, so two results folders
+    with an experiment of the same name never mix), where its rows go when the results folder cannot be written."""
+    path = Path(os.path.abspath(Path(exp_dir).expanduser()))
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / STASH / f"{path.name}-{digest}"
+
+
+def stashed_files(exp_dir: Path | str) -> list[Path]:
+    """Rows of this experiment saved in the temporary folder (parquet and JSON), oldest first."""
+    folder = stash_dir(exp_dir)
+    if not folder.is_dir():
+        return []
+    files = [p for p in folder.iterdir() if p.name.startswith("moelab-row-") and p.suffix in (".parquet", ".json")]
+    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def read_stashed(path: Path) -> dict[str, Any]:
+    """One stashed row as a dict (from its parquet or JSON file)."""
+    if path.suffix == ".json":
+        return dict(json.loads(path.read_text()))
+    import pandas as pd
+
+    return pd.read_parquet(path).to_dict("records")[0]
+
+
 def fallback_save(row: Mapping[str, Any], exp_dir: Path) -> Path | None:
-    """Write `row` somewhere it survives; returns the file, or None after printing it as JSON."""
+    """Write `row` somewhere it survives: the experiment's rows/ folder, else its temporary folder
+    (`stash_dir`); returns the file, or None after printing the row as JSON."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     name = f"moelab-row-{row.get('run_id', 'run')}-{stamp}-{os.getpid()}"
     try:
         return write_row_file(exp_dir, row)
     except Exception:
         pass
-    for folder in (Path.cwd(), Path(tempfile.gettempdir())):
-        for write in (_parquet, _json):
-            try:
-                return write(row, folder / name)
-            except Exception:
-                continue
+    for write in (_parquet, _json):
+        try:
+            folder = stash_dir(exp_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            return write(row, folder / name)
+        except Exception:
+            continue
     print(json.dumps(dict(row), default=str), file=sys.stderr, flush=True)
     return None
 
@@ -92,3 +132,14 @@ def _json(row: Mapping[str, Any], stem: Path) -> Path:
     path = stem.with_suffix(".json")
     path.write_text(json.dumps(dict(row), default=str))
     return path
+
+
+def unstash(exp_dir: Path | str) -> int:
+    """Move this experiment's rows saved in the temporary folder into its rows/ folder (where `read_runs` and
+    `merge_row_files` find them); returns how many. A file is removed only once its row is written."""
+    moved = 0
+    for path in stashed_files(exp_dir):
+        write_row_file(exp_dir, read_stashed(path))
+        path.unlink()
+        moved += 1
+    return moved
