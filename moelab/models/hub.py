@@ -3,7 +3,10 @@
 `model.path` (and `decoding.draft.path`) may name a local directory or a hub id such as
 `Qwen/Qwen3-30B-A3B`. A hub id is looked up in the local cache first (`HF_HUB_CACHE`, else
 `HF_HOME/hub`); with `HF_HUB_OFFLINE=1` nothing else is tried, so a model that is not cached fails at
-once with one line saying how to proceed. Online, only what moelab reads is downloaded: safetensors
+once with one line saying how to proceed. Without `HF_HUB_OFFLINE`, the hub is probed once per process with a
+short timeout (`hub_reachable`) before any hub request; when it cannot be reached the cache is used as offline
+mode would, so no network fails in a few seconds with one line instead of huggingface_hub's retries (about 30 s
+of warnings). Online, only what moelab reads is downloaded: safetensors
 shards, configs and tokenizer files (no `.bin`/`.pth` duplicates, no `original/` subfolders).
 
 Resolution is in two steps so that a run can check its budget and host memory before any weight is
@@ -17,10 +20,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from moelab.core.errors import CheckpointError
 
@@ -72,8 +78,58 @@ def hub_offline() -> bool:
     return env in _TRUE or bool(constants.HF_HUB_OFFLINE)
 
 
+PROBE_TIMEOUT_S = 3.0
+_PROBED: dict[str, bool] = {}  # endpoint -> reachable, once per process
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def hub_reachable(timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the hub's endpoint opens within `timeout_s` (name lookup included), probed once
+    per process. Behind a proxy the direct probe says nothing, so the hub is assumed reachable there."""
+    endpoint = hub_endpoint()
+    if endpoint not in _PROBED:
+        if any(os.environ.get(k) for k in _PROXY_VARS):
+            _PROBED[endpoint] = True
+        else:
+            _PROBED[endpoint] = _probe(endpoint, timeout_s)
+    return _PROBED[endpoint]
+
+
+def _probe(endpoint: str, timeout_s: float) -> bool:
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    ok: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                ok.append(True)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=connect, daemon=True)  # a hanging name lookup is not bounded by the timeout
+    t.start()
+    t.join(timeout_s + 0.5)
+    return bool(ok)
+
+
+def no_downloads() -> bool:
+    """Offline mode, or no network: only the cache is used."""
+    return hub_offline() or not hub_reachable()
+
+
+def _why_no_downloads() -> str:
+    if hub_offline():
+        return "HF_HUB_OFFLINE=1 forbids downloading"
+    return f"the hub ({hub_endpoint()}) cannot be reached (no network?; HF_HUB_OFFLINE=1 skips this check)"
+
+
 def _hub_kwargs() -> dict[str, Any]:
-    return {"cache_dir": hub_cache(), "local_files_only": hub_offline(), "endpoint": os.environ.get("HF_ENDPOINT")}
+    return {"cache_dir": hub_cache(), "local_files_only": no_downloads(), "endpoint": os.environ.get("HF_ENDPOINT")}
 
 
 @dataclass(frozen=True)
@@ -130,7 +186,7 @@ def tensor_shapes(source: ModelSource) -> Iterator[tuple[str, str, tuple[int, ..
     """(name, safetensors dtype, shape) of every tensor, from the files' headers only: the local ones, or for a
     hub model not yet downloaded the headers the hub serves (a few KB per shard)."""
     files = cached_weight_files(source)
-    if files is None and source.is_hub and not hub_offline():
+    if files is None and source.is_hub and not no_downloads():
         from huggingface_hub import get_safetensors_metadata
 
         meta = _hub_call(source.ref, source.revision,
@@ -156,7 +212,7 @@ def weight_dir(source: ModelSource) -> Path:
     """The directory holding the weights, downloading a hub model's missing files first (online only)."""
     if not source.is_hub or cached_weight_files(source) is not None:
         return source.dir
-    if hub_offline():
+    if no_downloads():
         raise _not_cached(source, weights_only=True)
     from huggingface_hub import snapshot_download
 
@@ -170,7 +226,7 @@ def tokenizer_dir(source: ModelSource) -> Path:
     """The directory holding the tokenizer, fetching a hub model's tokenizer files (never its weights) when the
     cache lacks them: workloads that filter prompts by token length need it before any weight is read. Offline,
     the cached snapshot as it is (the weights' own check then names what is missing)."""
-    if not source.is_hub or hub_offline() or has_tokenizer(source.dir):
+    if not source.is_hub or no_downloads() or has_tokenizer(source.dir):
         return source.dir
     from huggingface_hub import snapshot_download
 
@@ -189,7 +245,7 @@ def _not_cached(source: ModelSource, weights_only: bool = False) -> CheckpointEr
     what = ": its config.json is in the Hugging Face cache but not its weights" if weights_only else \
         " is neither a local directory nor in the Hugging Face cache"
     return CheckpointError(
-        f"{source}{what} ({hub_cache()}), and HF_HUB_OFFLINE=1 forbids downloading; fetch it where there is a "
+        f"{source}{what} ({hub_cache()}), and {_why_no_downloads()}; fetch it where there is a "
         f"network (`hf download {source.repo_id or source.ref}{rev}`, then copy the cache or point HF_HUB_CACHE at "
         "it), give model.path a local directory, or set model.random_init=true for random weights at the "
         "preset's shapes")
@@ -220,7 +276,7 @@ def _hub_call(ref: str, revision: str | None, call: Callable[[], T]) -> T:
                               "or commit hash)") from None
     except LocalEntryNotFoundError:
         source = ModelSource(ref, Path(ref), ref, revision)
-        if hub_offline():
+        if no_downloads():
             raise _not_cached(source) from None
         raise CheckpointError(f"{name} is not in the Hugging Face cache ({hub_cache()}) and the hub cannot be "
                               "reached; check the network, or give model.path a local directory") from None
