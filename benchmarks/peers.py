@@ -46,6 +46,7 @@ def compose(overrides: list[str], budget: float) -> dict[str, Any]:
 
 def accelerate_row(cfg: dict[str, Any], tokens: int) -> dict[str, Any]:
     """transformers + accelerate offload of the model moelab holds for `cfg`, on the same weights and routing."""
+    from moelab.assembly import MODELS, nonexpert_bytes, resolve_device
     from moelab.baselines.accelerate_offload import accelerate_model, placement
     from moelab.core import registry
     from moelab.decoding.autoregressive import AutoregressiveDecoding
@@ -53,7 +54,6 @@ def accelerate_row(cfg: dict[str, Any], tokens: int) -> dict[str, Any]:
     from moelab.models.build import plan_model
     from moelab.offload.budget import resolve_budget
     from moelab.results.row import device_name
-    from moelab.runner import MODELS, nonexpert_bytes, resolve_device
 
     device = resolve_device(cfg["device"])
     plan = plan_model(cfg["model"], device)

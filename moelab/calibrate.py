@@ -18,12 +18,12 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
 def main(cfg: DictConfig) -> None:
     import pandas as pd
 
+    from moelab.assembly import MODELS, resolve_device
     from moelab.core.errors import MoelabError
     from moelab.models.build import plan_model
     from moelab.offload.calibrate import cost_model as calibrated
     from moelab.offload.calibrate import cost_path
     from moelab.offload.cpu_worker import parse_cpu_dtype
-    from moelab.runner import MODELS, resolve_device
 
     c = OmegaConf.to_container(cfg, resolve=True)
     try:

@@ -39,7 +39,7 @@ class RunOptions:
 
     experiment_name: str = "default"
     results_dir: str = "results"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (moelab.runner.resolve_device)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (moelab.assembly.resolve_device)
     seed: int = 0
     cpu_dtype: str = "native"  # moelab.offload.cpu_worker.parse_cpu_dtype
     reference: Literal["auto", True, False] = "auto"

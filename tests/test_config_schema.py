@@ -17,7 +17,7 @@ import hydra
 import pytest
 from omegaconf import OmegaConf
 
-from moelab import runner
+from moelab import assembly, runner
 from moelab.config_schema import Count, Range, check_value, describe
 from moelab.core.errors import ConfigError, MoelabError
 from tests.conftest import ROOT
@@ -85,7 +85,7 @@ def setup_until_weights(c: dict[str, Any]) -> None:
     """RunRecipe.setup (every check a run makes) up to where the weights would be read (host memory not asked)."""
     recipe = runner.RunRecipe(c, "walk", {"run_id": "walk"})
     with mock.patch.object(runner.MODELS, "get", side_effect=Reached), \
-            mock.patch.object(runner, "check_host_memory", lambda *a, **k: None):
+            mock.patch.object(assembly, "check_host_memory", lambda *a, **k: None):
         try:
             recipe.setup()
         except Reached:

@@ -191,7 +191,7 @@ def test_released_quantized_checkpoints_are_refused_in_one_line(method, hub):
 def test_host_memory_check_reads_only_the_safetensors_headers(hub, monkeypatch):
     """The weights' bytes after each header are cut off: planning and the memory check still work (so neither
     reads a weight), and a host too small for the experts gets a model.num_layers that fits."""
-    from moelab import runner
+    from moelab import assembly
 
     snap = cache_model(hub, "org/headers-only", tiny_hf_model("mixtral", num_hidden_layers=4))
     for link in snap.glob("*.safetensors"):
@@ -201,12 +201,12 @@ def test_host_memory_check_reads_only_the_safetensors_headers(hub, monkeypatch):
     plan = plan_model({"path": "org/headers-only", "dtype": "float32"}, CPU)
     per_layer = plan.spec.num_experts * plan.spec.expert_bytes
     assert plan.checkpoint_expert_bytes == plan.total_expert_bytes == 4 * per_layer
-    monkeypatch.setattr(runner, "host_available_bytes", lambda: int(2.5 * per_layer))
+    monkeypatch.setattr(assembly, "host_available_bytes", lambda: int(2.5 * per_layer))
     with pytest.raises(ConfigError, match=r"model.num_layers <= 1"):
-        runner.check_host_memory(plan, Budget(2, "2"), CPU, loaded=False)
+        assembly.check_host_memory(plan, Budget(2, "2"), CPU, loaded=False)
     half = plan_model({"path": "org/headers-only", "dtype": "float32", "num_layers": 2}, CPU)
     assert half.checkpoint_expert_bytes == 2 * per_layer
-    runner.check_host_memory(half, Budget(2, "2"), CPU, loaded=False)
+    assembly.check_host_memory(half, Budget(2, "2"), CPU, loaded=False)
     with pytest.raises(CheckpointError, match="corrupted"):
         materialize(half, CPU)  # the weights themselves are gone
 

@@ -1,6 +1,6 @@
 """`MoelabLM`: the three request types of lm-evaluation-harness answered by a moelab model.
 
-Whatever backend the model is using answers them: inside `runner.through_executor` that is the
+Whatever backend the model is using answers them: inside `moelab.assembly.through_executor` that is the
 offload executor with the run's prefetch/cache/balancer policy (speculative execution included), and
 generation uses the run's decoding (autoregressive or speculative), so a task score measures the
 configuration, not the plain model.

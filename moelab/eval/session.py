@@ -1,7 +1,11 @@
 """A moelab model opened for lm-eval's own command line (`python -m moelab.eval.harness run --model moelab ...`).
 
-It composes the same Hydra config as `run.py`, loads the model and keeps it wired through the offload
-executor for the lifetime of the process; no results row is written (use `python -m moelab.eval` for that).
+It composes the same Hydra config as `run.py` and assembles the run through the one assembly
+(`moelab.assembly.assemble`, `serves="lm_eval"`): the same config, budget and host-memory checks before any weight
+is read, then the model wired through the offload executor for the lifetime of the process. Components that need
+a profile pass over the run's own prompts (prefetch=oracle, cache=belady, cache=static with profile=run) are
+refused there in one line: lm-eval's requests are not known in advance. No results row is written (use
+`python -m moelab.eval` for that).
 """
 
 from __future__ import annotations
@@ -16,36 +20,24 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 class Session:
-    def __init__(self, om: Any, decoding: Any, stack: ExitStack):
+    def __init__(self, om: Any, decoding: Any, stack: ExitStack, assembly: Any = None):
         self.om, self.decoding, self.stack = om, decoding, stack
+        self.assembly = assembly  # the moelab.assembly.Assembly it runs through
 
     @classmethod
     def from_args(cls, config: str = "config", overrides: list[str] | None = None) -> Session:
         from hydra import compose, initialize_config_dir
 
-        from moelab import runner
-        from moelab.core.context import RunContext
-        from moelab.core.types import Execution
-        from moelab.models.build import plan_model
-        from moelab.models.drafts import choose_draft
-        from moelab.offload.budget import GIB, resolve_budget
+        from moelab.assembly import assemble
 
         with initialize_config_dir(config_dir=str(CONF), version_base=None):
             cfg = compose(config_name=config, overrides=list(overrides or []))
-        c = choose_draft(OmegaConf.to_container(cfg, resolve=True))  # as a run: the model's default draft
-        comps = runner.build_components(c)
-        device = runner.resolve_device(str(c.get("device", "auto")))
-        plan = plan_model(c["model"], device)
-        reserve = (runner.nonexpert_bytes(plan) + GIB) / GIB if device.type == "cuda" else 0.0
-        budget = resolve_budget(c["budget"], plan.spec, device, reserve_gib=reserve)
-        comps.cache.bind(RunContext(plan.spec, budget.experts))  # budget-dependent cache params, checked early
-        om = runner.MODELS.get(c["model"], device, plan)
-        execution = Execution.from_config(c.get("execution"))
-        executor = runner.make_executor(om, budget, comps, c.get("cpu_dtype"), execution)
-        executor.preload(comps.cache.preload())
+        c: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+        run = assemble(c, serves="lm_eval")
+        run.executor.preload(run.comps.cache.preload())  # a static hot set from a recorded profile
         stack = ExitStack()
-        stack.enter_context(runner.through_executor(om, executor, comps))
-        return cls(om, comps.decoding, stack)
+        stack.enter_context(run.through())
+        return cls(run.om, run.comps.decoding, stack, assembly=run)
 
     def close(self) -> None:
         self.stack.close()
