@@ -41,8 +41,10 @@ try:
     @hydra.main(version_base=None, config_path="conf", config_name="config")
     def main(cfg: DictConfig) -> float | None:
         from moelab.command import run_from_hydra
+        from moelab.runlog import to_job_log
 
-        return run_from_hydra(cfg)
+        with to_job_log():  # what the job prints also goes to Hydra's run.log of this job
+            return run_from_hydra(cfg)
 
     if __name__ == "__main__":
         from moelab.hydra_errors import check_command_line

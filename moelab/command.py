@@ -35,6 +35,7 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
     except ValueError:
         multirun = False
     Interrupts.install()  # SIGTERM (a scheduler's time limit) is handled as Ctrl-C is
+    library_bars(bool(cfg.get("progress", True)))
     if Interrupts.pending is not None:  # the signal came between two runs of a sweep: stop before the next
         _stop(Interrupts.take_pending(), multirun)
     try:  # results that could not be stored or read stop the whole command: every run would hit them
@@ -80,6 +81,20 @@ def run_from_hydra(cfg: DictConfig) -> float | None:
             traceback.print_exc()
             return None
         raise
+
+
+def library_bars(on: bool) -> None:
+    """`progress=false` also hides the bars of the libraries a run calls (transformers' "Loading weights" when a
+    draft or reference loads with from_pretrained, huggingface_hub's downloads)."""
+    import huggingface_hub.utils
+    import transformers.utils.logging as tlog
+
+    if on:
+        tlog.enable_progress_bar()
+        huggingface_hub.utils.enable_progress_bars()
+    else:
+        tlog.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
 
 
 def _stop(signum: int, multirun: bool, recorded: bool = False) -> None:
