@@ -144,3 +144,26 @@ def test_progress_false_hides_transformers_loading_bar(tmp_path, capsys, progres
     run_from_hydra(cfg)
     err = capsys.readouterr().err
     assert ("Loading weights" in err) == progress, err[-2000:]
+
+
+def test_sweep_merge_and_status_say_what_they_did(tmp_path, capsys):
+    from moelab import sweep
+    from moelab.results.store import append_row, write_row_file
+
+    exp = tmp_path / "e"
+    append_row(exp / "runs.parquet", {"run_id": "a", "experiment": "e", "status": "ok"})
+    assert sweep.main(["merge", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.strip() == f"{exp}: no row files to merge; runs.parquet unchanged"
+    write_row_file(exp, {"run_id": "b", "experiment": "e", "status": "failed"})
+    assert sweep.main(["merge", str(tmp_path), "e"]) == 0
+    assert capsys.readouterr().out.strip() == f"{exp}: merged 1 row files into runs.parquet, which now holds 2 rows"
+    assert sweep.main(["status", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (f"{tmp_path}: runs by their latest status, per experiment "
+                      "(a later ok supersedes an earlier failure)")
+    assert out[-1].split() == ["e", "1", "1"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert sweep.main(["merge", str(empty)]) == 0 and sweep.main(["status", str(empty)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"no experiments under {empty}: nothing to merge",
+                                                   f"no runs under {empty}"]
