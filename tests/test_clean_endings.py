@@ -28,7 +28,8 @@ def _no_network_env(tmp_path) -> dict[str, str]:
                                              (signal.SIGTERM, 1.5)])
 def test_a_signal_during_start_up_ends_the_command_with_one_line(tmp_path, sig, delay_s):
     """Imports and Hydra's composition, before any run: one line, the shell's exit code, no traceback."""
-    p = subprocess.Popen([sys.executable, "run.py", "model=tiny", "progress=false", f"results_dir={tmp_path}"],
+    p = subprocess.Popen([sys.executable, "run.py", "model=tiny", "progress=false", "workload.max_new_tokens=200",
+                          f"results_dir={tmp_path}"],  # (long enough that a fast machine is still running at 3 s)
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(delay_s)
     p.send_signal(sig)
