@@ -41,7 +41,7 @@ from moelab.offload.executor import OffloadExecutor, StepInfo
 from moelab.offload.gather import device_view, gather_experts
 
 NEVER = -1  # stamp of a slot never used (evicted first)
-MAX_GROUPS = 1024  # groups one torch grouped GEMM takes ("Can't process more than 1024 groups")
+MAX_GROUPS = 1000  # fewer groups than one torch grouped GEMM refuses ("Can't process more than 1024 groups")
 
 
 class GraphExecutor(OffloadExecutor):
