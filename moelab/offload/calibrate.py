@@ -26,8 +26,8 @@ import torch
 from moelab.core.cost import CostModel
 from moelab.offload.clock import clock_for
 from moelab.offload.cpu_worker import CpuExpertWorker
-from moelab.offload.executor import LayerBatch
 from moelab.offload.kernels import ExpertKernel
+from moelab.offload.layer_batch import LayerBatch
 
 TOKENS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -78,7 +78,7 @@ def _cpu_roundtrip_ms(worker: CpuExpertWorker, layer: int, hidden: torch.Tensor,
     w = torch.ones(1, 1, dtype=hidden.dtype, device=hidden.device)
     out = []
     for i in range(reps + 1):
-        batch = LayerBatch(hidden, idx, w, [0], [1], hidden.dtype)
+        batch = LayerBatch.group(hidden, idx, w, [0], [1], hidden.dtype)
         busy = worker.busy_ms
         t0 = time.perf_counter()
         worker.finish(worker.submit(layer, [0], batch), batch)

@@ -17,13 +17,13 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from moelab.core.errors import ConfigError
 from moelab.offload.budget import GIB, host_available_bytes
 from moelab.offload.kernels import ExpertKernel
+from moelab.offload.layer_batch import LayerBatch
 from moelab.offload.store import ExpertStore
 
 CPU_DTYPES = {"native": None, "float32": torch.float32}
@@ -94,23 +94,22 @@ class CpuExpertWorker:
         self.busy_ms += (time.perf_counter() - t0) * 1e3
         return out
 
-    def submit(self, layer: int, experts: list[int], batch: Any) -> CpuJob:
+    def submit(self, layer: int, experts: list[int], batch: LayerBatch) -> CpuJob:
         """Start the CPU experts of one layer; `batch` is the executor's layer batch (rows grouped by expert)."""
         idx = torch.cat([torch.arange(*batch.offsets[e]) for e in experts])
-        counts = [batch.offsets[e][1] - batch.offsets[e][0] for e in experts]
-        rows = idx.to(batch.hidden.device)
-        x = batch.routed[rows].to("cpu")  # waits for the device up to this layer's input
+        counts = [batch.offsets.count(e) for e in experts]
+        rows = idx.to(batch.tensors.device)
+        x = batch.tensors.routed[rows].to("cpu")  # waits for the device up to this layer's input
         self.tokens += int(idx.numel())
         fut = self.pool.submit(self.compute, layer, experts, counts, x)
         return CpuJob(layer, experts, rows, fut, time.perf_counter())
 
-    def finish(self, job: CpuJob, batch: Any) -> None:
+    def finish(self, job: CpuJob, batch: LayerBatch) -> None:
         """Wait for the job and put its weighted outputs where the GPU path puts its own."""
         t0 = time.perf_counter()
         y = job.future.result()
         self.wait_ms += (time.perf_counter() - t0) * 1e3
-        y = y.to(batch.hidden.device, non_blocking=False)
-        batch.rows[batch.perm[job.rows]] = y * batch.routed_w[job.rows].unsqueeze(-1)
+        batch.tensors.scatter(job.rows, y.to(batch.tensors.device, non_blocking=False))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

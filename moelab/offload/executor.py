@@ -21,7 +21,7 @@ kernels and the timeline; the decisions are the policies' (moelab.policies) and 
     compute groups                  execution.compute_order: resident first (hides the fetches) | router
       |  slot_segments              execution.max_slot_gap: nearby slots share one grouped kernel call
       v
-    LayerBatch.combine()            per-(token, k) outputs summed in k order -> [T, H]
+    LayerBatch.combine()            per-(token, k) outputs summed in k order -> [T, H] (moelab.offload.layer_batch)
 
 Tokens are grouped by expert exactly as transformers' grouped path does and summed in the same order, so the
 result does not depend on which experts were resident (bitwise equal to the plain model on the CPU).
@@ -54,6 +54,7 @@ from moelab.observers.base import Observers
 from moelab.offload.clock import clock_for
 from moelab.offload.cpu_worker import CpuExpertWorker
 from moelab.offload.kernels import ExpertKernel
+from moelab.offload.layer_batch import LayerBatch
 from moelab.offload.slots import Slot, SlotPool
 from moelab.offload.store import ExpertStore
 from moelab.offload.timeline import Timeline, TimelineRecorder
@@ -449,7 +450,8 @@ class OffloadExecutor:
             requests += self._dispatch(predictions, layer)
         placement = self.balancer.assign(layer, experts, ncounts, view)
 
-        batch = LayerBatch(hidden, top_k_index, top_k_weights, experts, ncounts, self._out_dtype(top_k_weights))
+        batch = LayerBatch.group(hidden, top_k_index, top_k_weights, experts, ncounts,
+                                 self._out_dtype(top_k_weights))
         cpu = [e for e in experts if placement.get(e, Placement.GPU) is Placement.CPU]
         gpu = [e for e in experts if placement.get(e, Placement.GPU) is not Placement.CPU]
         job = None
@@ -462,7 +464,7 @@ class OffloadExecutor:
         if self.transfers.queue:  # this layer's experts are free to go now: prefetches that waited may start
             self._prefetch((), pinned=set())
         for tap in self.output_taps:
-            tap(layer, top_k_index, top_k_weights, batch.rows)
+            tap(layer, top_k_index, top_k_weights, batch.tensors.rows)
         return batch.combine()
 
     def _out_dtype(self, routing: torch.Tensor) -> torch.dtype:
@@ -473,7 +475,7 @@ class OffloadExecutor:
         """Grouped expert computation for `group` (all resident): one call per run of nearby slots."""
         slot_of = {e: self.pool.table[ExpertKey(layer, e)] for e in group}
         order = sorted(group, key=slot_of.__getitem__)
-        dev = batch.hidden.device
+        dev = batch.tensors.device
         kernel = self.kernels[layer]
         for seg in slot_segments([slot_of[e] for e in order], self.execution.max_slot_gap):
             lo, hi = seg[0], seg[-1]
@@ -492,8 +494,7 @@ class OffloadExecutor:
             idx, offs = packed[:n], packed[n : n + len(counts)].to(torch.int32)  # [n] rows, [S] group ends
             slots_t = packed[n + len(counts) :] if kernel.has_bias else None
             pools = {name: pool[lo : hi + 1] for name, pool in self.pool.pools.items()}
-            y = kernel(batch.routed[idx], pools, offs, slots_t, counts)  # [n, H]
-            batch.rows[batch.perm[idx]] = y * batch.routed_w[idx].unsqueeze(-1)
+            batch.tensors.scatter(idx, kernel(batch.tensors.routed[idx], pools, offs, slots_t, counts))  # [n, H]
 
     def _run_gpu_experts(
         self, layer: int, experts: list[int], batch: LayerBatch, requests: Sequence[PrefetchRequest]
@@ -634,24 +635,3 @@ def slot_segments(slots: Sequence[int], max_gap: int) -> list[list[int]]:
             out.append([s])
     return out
 
-
-class LayerBatch:
-    """One layer call's (token, k) pairs grouped by expert, as transformers' grouped path orders them."""
-
-    def __init__(self, hidden, top_k_index, top_k_weights, experts, counts, out_dtype):
-        self.hidden = hidden
-        self.num_tokens, self.top_k = top_k_index.shape
-        _, self.perm = torch.sort(top_k_index.reshape(-1))  # [T*K] (token, k) pairs by expert
-        self.routed = hidden[self.perm // self.top_k]  # [T*K, H]
-        self.routed_w = top_k_weights.reshape(-1)[self.perm]  # [T*K]
-        self.offsets: dict[int, tuple[int, int]] = {}
-        start = 0
-        for e, c in zip(experts, counts):
-            self.offsets[e] = (start, start + c)
-            start += c
-        # [T*K, H] expert output x weight per (token, k) pair, in (token, k) order
-        self.rows = torch.empty(self.num_tokens * self.top_k, hidden.shape[-1], dtype=out_dtype, device=hidden.device)
-
-    def combine(self) -> torch.Tensor:
-        """Sum over each token's k experts, in k order (independent of which experts ran first)."""
-        return self.rows.view(self.num_tokens, self.top_k, -1).sum(dim=1).to(self.hidden.dtype)  # [T, H]
