@@ -16,7 +16,7 @@ import torch
 from moelab.core import registry
 from moelab.core.cost import CostModel
 from moelab.core.errors import ConfigError
-from moelab.core.types import ExpertKey
+from moelab.core.types import ExpertKey, RoutingEntry
 from moelab.decoding.autoregressive import AutoregressiveDecoding
 from moelab.models.plain import PlainModel
 from moelab.offload.executor import OffloadExecutor
@@ -144,7 +144,7 @@ def test_bad_scratch_is_a_config_error_naming_it(tmp_path):
         registry.build("cache", {"name": "static", "profile": str(tmp_path / "missing.parquet")})
 
 
-def skewed_routing(layers, num_experts: int, steps: int, seed: int = 0) -> list[tuple[int, int, tuple[int, ...]]]:
+def skewed_routing(layers, num_experts: int, steps: int, seed: int = 0) -> list[RoutingEntry]:
     """Decode steps of one token, top-2 per layer drawn from a Zipf(1.2) popularity (a different order per layer)."""
     rng = random.Random(seed)
     out = []

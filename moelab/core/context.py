@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from moelab.core.cost import CostModel
-from moelab.core.types import ModelSpec
-
-# (step, layer, experts) of every MoE layer call of a pass, in order
-Routing = tuple[tuple[int, int, tuple[int, ...]], ...]
+from moelab.core.types import ModelSpec, RoutingLog
 
 
 @dataclass(frozen=True)
@@ -22,11 +18,12 @@ class RunContext:
     spec: ModelSpec
     capacity: int  # GPU expert slots
     costs: CostModel | None = None  # the machine's measured costs, for balancers with `needs_costs`
-    future: Routing | None = None  # the timed pass's routing, for policies with `needs_future` (profile pass)
+    # the timed pass's routing (a tuple), for policies with `needs_future` (profile pass)
+    future: RoutingLog | None = None
     # estimators the prefetch policy keeps and offers to the cache and balancer that rank by them (MoE-SpAc):
     estimator: Any = None  # moelab.policies.utility.UtilityEstimator (prefetch=spac)
     engine: Any = None  # moelab.policies.spac_released.ReleasedSpacEngine (prefetch=spac_released)
 
-    def with_future(self, routing: Sequence[tuple[int, int, Sequence[int]]]) -> RunContext:
+    def with_future(self, routing: RoutingLog) -> RunContext:
         """This context plus the routing a profile pass recorded."""
         return replace(self, future=tuple((int(s), int(layer), tuple(int(e) for e in ex)) for s, layer, ex in routing))

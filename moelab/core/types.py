@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
@@ -16,6 +16,13 @@ class ExpertKey(NamedTuple):
 
     layer: int
     expert: int
+
+
+# One MoE layer call of a pass: (step, layer, the experts it ran, ascending).
+RoutingEntry = tuple[int, int, tuple[int, ...]]
+# Every MoE layer call of a pass, in order: what the executors record (`ExecutorCounters.routing`) and what a profile
+# pass hands the policies that need the future (`RunContext.future`: prefetch=oracle, cache=belady, cache=static).
+RoutingLog = Sequence[RoutingEntry]
 
 
 class Placement(str, Enum):

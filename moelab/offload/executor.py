@@ -48,6 +48,7 @@ from moelab.core.types import (
     Placement,
     Prediction,
     PrefetchRequest,
+    RoutingEntry,
     RoutingEvent,
 )
 from moelab.observers.base import Observers
@@ -83,7 +84,7 @@ class ExecutorCounters:
     host_reads_decode: int = 0  # device -> host reads the executor made in decode steps (eager: one per layer)
     graph_replays: int = 0  # decode steps replayed as one CUDA graph
     # what ran: (step, layer, experts executed) per layer call; also the future routing of an in-sample profile
-    routing: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)
+    routing: list[RoutingEntry] = field(default_factory=list)  # a RoutingLog
 
 
 class OffloadExecutor:

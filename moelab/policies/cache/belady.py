@@ -15,10 +15,9 @@ from collections.abc import Callable, Collection, Sequence
 
 from moelab.core.context import RunContext
 from moelab.core.registry import register
-from moelab.core.types import ExpertKey, RoutingEvent
+from moelab.core.types import ExpertKey, RoutingEvent, RoutingLog
 from moelab.policies.base import CachePolicy
 
-Routing = Sequence[tuple[int, int, Sequence[int]]]
 NEVER = float("inf")
 
 
@@ -41,7 +40,7 @@ class BeladyCache(CachePolicy):
         if ctx.future is not None:  # the profile pass's routing
             self._index(ctx.future)
 
-    def _index(self, routing: Routing) -> None:
+    def _index(self, routing: RoutingLog) -> None:
         self._uses, self._pos = {}, {}
         for i, (step, layer, experts) in enumerate(routing):
             self._pos[(int(step), int(layer))] = i

@@ -11,13 +11,11 @@ from typing import Any
 from moelab.core.context import RunContext
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
-from moelab.core.types import ExpertKey, ModelSpec
+from moelab.core.types import ExpertKey, ModelSpec, RoutingLog
 from moelab.policies.cache.lru import LruCache
 
-Routing = Sequence[tuple[int, int, Sequence[int]]]
 
-
-def layer_call_uses(routing: Routing) -> Counter[ExpertKey]:
+def layer_call_uses(routing: RoutingLog) -> Counter[ExpertKey]:
     """Per (layer, expert): in how many layer calls it was used. A call is what a miss costs (one fetch or one CPU
     job), however many of the call's tokens chose the expert, so that is what the hot set should cover."""
     uses: Counter[ExpertKey] = Counter()
@@ -64,7 +62,7 @@ class StaticCache(LruCache):
         header, df = read_trace(path)
         self._trace = {"path": str(path), "moe_layers": [int(x) for x in header.get("moe_layers", [])],
                        "num_experts": int(header.get("num_experts", -1))}
-        routing = [(int(step), int(layer), sorted({int(e) for t in g.topk for e in t}))
+        routing = [(int(step), int(layer), tuple(sorted({int(e) for t in g.topk for e in t})))
                    for (step, layer), g in df.groupby(["step", "layer"], sort=True)]
         self.uses = layer_call_uses(routing)
 

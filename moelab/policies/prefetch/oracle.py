@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from moelab.core.context import RunContext
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
-from moelab.core.types import CacheView, ExpertKey, PrefetchRequest, RoutingEvent
+from moelab.core.types import CacheView, ExpertKey, PrefetchRequest, RoutingEntry, RoutingEvent
 from moelab.policies.base import PrefetchPolicy
 
 
@@ -24,7 +24,7 @@ class OraclePrefetch(PrefetchPolicy):
         if int(horizon) < 1:
             raise ConfigError(f"prefetch.horizon must be >= 1 layer call, got {horizon}")
         self.horizon = int(horizon)
-        self.future: list[tuple[int, int, tuple[int, ...]]] = []
+        self.future: list[RoutingEntry] = []
 
     def bind(self, ctx: RunContext) -> None:
         super().bind(ctx)
