@@ -53,7 +53,7 @@ def accelerate_row(cfg: dict[str, Any], tokens: int) -> dict[str, Any]:
     from moelab.metrics.summary import token_agreement
     from moelab.models.build import plan_model
     from moelab.offload.budget import resolve_budget
-    from moelab.results.row import device_name
+    from moelab.results.row import device_index, device_name
 
     device = resolve_device(cfg["device"])
     plan = plan_model(cfg["model"], device)
@@ -63,6 +63,7 @@ def accelerate_row(cfg: dict[str, Any], tokens: int) -> dict[str, Any]:
     dec = AutoregressiveDecoding()
     row: dict[str, Any] = {"model": om.name, "budget": cfg["budget"]["fraction"], "policy": "hf_accelerate",
                            "device": device.type, "device_name": device_name(device),
+                           "device_index": device_index(device),
                            "trace": cfg["routing"]["trace"], "tokens": tokens}
     t0 = time.time()
     try:

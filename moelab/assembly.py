@@ -52,7 +52,7 @@ from moelab.offload.graph_plan import ExecutionPath, choose_path
 from moelab.offload.kernels import ExpertKernel
 from moelab.policies.base import Balancer, CachePolicy, PrefetchPolicy, run_context
 from moelab.results.label import policy_label
-from moelab.results.row import device_name
+from moelab.results.row import device_index, device_name
 from moelab.routing.base import Routing
 from moelab.workloads.base import Workload
 
@@ -287,7 +287,7 @@ def plan_run(cfg: Mapping[str, Any], *, serves: Serves = "run", row: dict[str, A
         on_components(comps)
     execution = Execution.from_config(c.get("execution"))
     device = resolve_device(str(c.get("device", "auto")))
-    row.update(device=device.type, device_name=device_name(device))
+    row.update(device=device.type, device_name=device_name(device), device_index=device_index(device))
     plan = plan_model(c["model"], device)
     row["model_commit"] = plan.source.commit if plan.source is not None else None  # the hub snapshot loaded
     reserve = (nonexpert_bytes(plan) + GIB) / GIB if device.type == "cuda" else 0.0

@@ -68,6 +68,13 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def device_index(device: torch.device) -> int | None:
+    """The CUDA device's index (cuda:N; a bare `cuda` is the current device); None on a CPU, which has none."""
+    if device.type == "cuda":
+        return int(device.index) if device.index is not None else int(torch.cuda.current_device())
+    return None
+
+
 def base_row(cfg: Mapping[str, Any], experiment: str) -> dict[str, Any]:
     return {
         "run_id": run_id(cfg),

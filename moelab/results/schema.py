@@ -26,6 +26,7 @@ class RunRow(TypedDict, total=False):
     git_commit: str
     device: str
     device_name: str
+    device_index: int | None  # cuda:N's N; None on a CPU
     wall_s: float
     model_loads: int
     # what ran
