@@ -116,14 +116,18 @@ class RunRecipe:
         self.h2d_gbps_calibrated = h2d_peak_gbps(self.om.device)
 
     def warm_up(self) -> None:
-        """A short generation through the executor, then forgotten."""
-        kwargs: dict[str, Any] = {}
-        n = min(2, self.new_tokens)
-        if self.path.graphs:  # a third token captures the decode graph, untimed, for the timed pass's cache length
-            n = min(3, self.new_tokens)
-            kwargs["step_factory"] = lambda om, b, length: step_for(om, b, length + self.new_tokens - n)
-        with through_executor(self.om, self.executor, self.comps):
-            self.comps.decoding.generate(self.om, self.batches[:1], n, **kwargs)
+        """Short generations through the executor that run every (phase, tokens) shape the timed pass runs, then
+        forgotten: a prefill and a one-token decode step of each batch size (speculative decoding: verification
+        passes of gamma+1 tokens and of each shorter length; `Decoding.warming_up`). Under replayed routing the
+        recording decides every step's tokens: its first batch only, as recorded."""
+        dec, kwargs = self.comps.decoding, dict[str, Any]()
+        sizes = [b for i, b in enumerate(self.batches) if all(len(a) != len(b) for a in self.batches[:i])]
+        with through_executor(self.om, self.executor, self.comps), dec.warming_up(self.new_tokens) as n:
+            if self.path.graphs:  # a third token captures the decode graph, untimed, for the timed cache length
+                n = min(3, self.new_tokens)
+                kwargs["step_factory"] = lambda om, b, length: step_for(om, b, length + self.new_tokens - n)
+            for batch in sizes[:1] if self.comps.routing.replays else sizes:
+                dec.generate(self.om, [batch], n, **kwargs)
         self.executor.reset()
 
     def profile(self) -> None:

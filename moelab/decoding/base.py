@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,6 +75,13 @@ class Decoding(ABC):
     def stats(self) -> dict[str, float]:
         """Results-row columns about the last timed pass (e.g. acceptance); none by default."""
         return {}
+
+    @contextmanager
+    def warming_up(self, max_new_tokens: int) -> Iterator[int]:
+        """Within it, a generation of the yielded number of tokens per prompt runs every (phase, tokens per
+        sequence) shape a generation of `max_new_tokens` can run (the runner's untimed warm-up): here a prefill
+        and a one-token decode step."""
+        yield min(2, max_new_tokens)
 
 
 def left_pad(prompts: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

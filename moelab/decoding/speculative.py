@@ -13,7 +13,8 @@ max(0, p - q)), which leaves the target's sampling distribution unchanged. Batch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -124,6 +125,25 @@ class SpeculativeDecoding(Decoding):
             else nan,
             "verifications": float(self.verifications),
         }
+
+    @contextmanager
+    def warming_up(self, max_new_tokens: int) -> Iterator[int]:
+        """Within it, a generation of the yielded number of tokens per prompt runs a prefill and a verification
+        pass of every length a timed generation of `max_new_tokens` may run: gamma+1 tokens, then each shorter one
+        down to 2 (as at a prompt's end), one pass each with nothing accepted. A decoding that follows a recorded
+        script keeps it (the recording decides every pass's tokens) and covers the first prompt in full. The
+        script, the EOS stop and the statistics are restored after."""
+        if self.script is not None:
+            yield max_new_tokens
+            return
+        saved = self.script, self.stop_at_eos
+        script = [(g, 0) for g in range(min(self.gamma, max_new_tokens - 1), 0, -1)]
+        self.script, self.stop_at_eos = script, False
+        try:
+            yield 1 + len(script)
+        finally:
+            self.script, self.stop_at_eos = saved
+            self.reset_stats()
 
     # ------------------------------------------------------------------ the loop
     @torch.no_grad()
