@@ -41,7 +41,7 @@ from moelab.loggers.base import Logger
 from moelab.models.build import ModelPlan, materialize, plan_model
 from moelab.models.drafts import choose_draft, draft_name
 from moelab.models.hub import tokenizer_dir
-from moelab.models.lookahead import Lookahead, RouterScorer
+from moelab.models.lookahead import Lookahead
 from moelab.models.offloaded import OffloadedModel
 from moelab.models.tokenizer import load_tokenizer
 from moelab.offload.budget import GIB, Budget, host_available_bytes, resolve_budget
@@ -54,6 +54,7 @@ from moelab.policies.base import Balancer, CachePolicy, PrefetchPolicy, run_cont
 from moelab.results.label import policy_label
 from moelab.results.row import device_index, device_name
 from moelab.routing.base import Routing
+from moelab.scorers import build_scorer, scorer_class
 from moelab.workloads.base import Workload
 
 COMPONENT_KINDS = ("prefetch", "cache", "balancer", "decoding", "workload", "logger", "routing")
@@ -178,9 +179,9 @@ def check_lookahead(prefetch: PrefetchPolicy, execution: Execution, top_k: int, 
     if mode == "predicted" and spec is not None and spec.k is not None and spec.k < top_k:
         raise ConfigError(f"execution.speculative=predicted runs the predicted top_k: prefetch.k={spec.k} must be "
                           f"null or >= top_k={top_k}")
-    if spec is not None and spec.scorer == "mlp" and replays:
-        raise ConfigError("prefetch=mlp reads the model's hidden states, which say nothing under routing=replay; "
-                          "use prefetch=qhs (it replays the trace's recorded predictions)")
+    if spec is not None and not scorer_class(spec.scorer).replayable and replays:
+        raise ConfigError(f"prefetch={spec.scorer} reads the model's hidden states, which say nothing under "
+                          "routing=replay; use prefetch=qhs (it replays the trace's recorded predictions)")
     if replays and spec is not None and spec.state != "post_attn":
         raise ConfigError(f"under routing=replay qhs replays the trace's predictions, recorded with state=post_attn; "
                           f"got prefetch.state={spec.state}")
@@ -380,11 +381,7 @@ def make_lookahead(om: OffloadedModel, executor: OffloadExecutor, prefetch: Any,
     if spec is None and mode == "none":
         return None
     check_lookahead(prefetch, executor.execution, om.spec.top_k, replay is not None)
-    scorer = None
-    if spec is not None and spec.scorer == "mlp":
-        from moelab.predictors.mlp import mlp_scorer
-
-        scorer = mlp_scorer(om, spec.mlp_path, spec.mlp_layers, RouterScorer(om))
+    scorer = build_scorer(om, spec) if spec is not None else None
     # under replay the model's own routers did not choose: speculative execution ranks candidates by order
     return Lookahead(om, spec, executor, scorer=scorer, replay=replay,
                      keep_router_logits=mode == "router" and replay is None,

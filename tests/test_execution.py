@@ -8,9 +8,11 @@ import torch
 
 from moelab.core.errors import ConfigError
 from moelab.core.types import Execution
-from moelab.models.lookahead import Lookahead, RouterScorer
+from moelab.models.lookahead import Lookahead
 from moelab.models.plain import PlainModel
-from moelab.predictors.mlp import LayerMlp, MlpScorer
+from moelab.predictors.mlp import LayerMlp
+from moelab.scorers.mlp import MlpScorer
+from moelab.scorers.router import RouterScorer
 from tests.conftest import make_executor, offloaded_copy, random_prompts, tiny_hf_model
 from tests.test_prefetch import DEC, generate
 

@@ -26,6 +26,7 @@ KIND_PACKAGES: dict[str, str] = {
     "logger": "moelab.loggers",
     "routing": "moelab.routing",
     "observer": "moelab.observers",
+    "scorer": "moelab.scorers",  # a lookahead's ranking of a later layer's experts (LookaheadSpec.scorer)
 }
 
 # kind -> "module:Class" of the base every registered class of that kind must subclass (imported lazily: the
@@ -40,6 +41,7 @@ KIND_BASES: dict[str, str] = {
     "logger": "moelab.loggers.base:Logger",
     "routing": "moelab.routing.base:Routing",
     "observer": "moelab.observers.base:Observer",
+    "scorer": "moelab.scorers.base:Scorer",
 }
 
 _registry: dict[str, dict[str, Any]] = {kind: {} for kind in KIND_PACKAGES}

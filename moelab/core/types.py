@@ -114,7 +114,7 @@ class LookaheadSpec:
     distance: int = 1  # predict the MoE layer this many MoE layers ahead
     k: int | None = None  # experts predicted per token (None: the model's top_k)
     state: str = "post_attn"  # which tensor stands in for layer l+d's input (see moelab.models.lookahead)
-    scorer: str = "router"  # "router": layer l+d's own router | "mlp": learned predictors
+    scorer: str = "router"  # a registered scorer (moelab.scorers): "router" (layer l+d's own router) | "mlp"
     mlp_path: str | None = None
     mlp_layers: tuple[int, ...] | None = None  # target layers scored by the MLP (None: all it has)
     default_decay: float = 0.9  # post_attn_default / default_vectors: weight of the past in the running means

@@ -21,15 +21,15 @@ all three are here and `prediction_topk_recall` measures them):
   Closest to the truth, but it exists only after layer l's experts ran: the copies overlap only
   layer l+1's attention (for d=1), and reading it costs a host sync of its own.
 
-Scorers turn the state into ranked experts: `router` (layer l+d's router; its own top-k first,
-then the rest by logit) or learned per-layer MLPs (`moelab.predictors`). Under routing replay the
+Scorers (a registry kind, `moelab.scorers`; `LookaheadSpec.scorer` names one) turn the state into ranked experts:
+`router` (layer l+d's router; its own top-k first, then the rest by logit) or `mlp` (learned per-layer MLPs,
+`moelab.predictors`). Under routing replay the
 hidden states say nothing about the replayed routing, so the trace's recorded predictions are used.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,33 +40,8 @@ from moelab.core.errors import ConfigError
 from moelab.core.types import LOOKAHEAD_STATES as STATES
 from moelab.core.types import LookaheadSpec
 from moelab.models.offloaded import OffloadedModel
-
-Scorer = Callable[[int, torch.Tensor, int], torch.Tensor]  # (target layer, state [T, H], k) -> ranked [T, k]
-
-
-def router_ranking(router: nn.Module, h: torch.Tensor, k: int) -> torch.Tensor:
-    """Experts by the router's preference: its own top-k choice (group limits and biases included) first,
-    then the others by logit."""
-    logits, _, idx = router(h)
-    logits = logits.float().reshape(idx.shape[0], -1)
-    first = idx.gather(1, logits.gather(1, idx).argsort(dim=1, descending=True))
-    rest = logits.scatter(1, idx, float("-inf")).argsort(dim=1, descending=True)[:, : logits.shape[1] - idx.shape[1]]
-    return torch.cat([first, rest], dim=1)[:, :k]
-
-
-class RouterScorer:
-    """Layer l+d's pre-MoE norm and router applied to the stand-in state."""
-
-    def __init__(self, om: OffloadedModel):
-        self.routers = om.routers()
-        self.norms = om.pre_moe_norms()
-
-    def __call__(self, target: int, state: torch.Tensor, k: int) -> torch.Tensor:
-        return router_ranking(self.routers[target], self.norms[target](state), k)
-
-    def logits(self, target: int, state: torch.Tensor) -> torch.Tensor:
-        """Layer `target`'s router logits [T, E] for the stand-in state [T, H]."""
-        return self.routers[target](self.norms[target](state))[0].float().reshape(state.shape[0], -1)
+from moelab.scorers.base import Scorer
+from moelab.scorers.router import RouterScorer
 
 
 class Lookahead:

@@ -35,8 +35,8 @@ import torch
 from safetensors.torch import save_file
 
 from moelab.models.hub import in_checkout
-from moelab.models.lookahead import router_ranking
 from moelab.models.offloaded import OffloadedModel
+from moelab.scorers.router import router_ranking
 
 META_KEY = b"moelab_trace"
 
