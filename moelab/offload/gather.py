@@ -9,8 +9,8 @@ a fixed number of entries serves any number of misses (0 included) without a hos
     host [E, n] (pinned, read over PCIe) --(src[i] >= 0)--> pool [C + 1, n] row dst[i]
 
 On the CPU (tests, `device=cpu`) the same call is a masked index copy: same semantics, no graph.
-Measured on an H100 (benchmarks/README.md): the zero-copy gather reaches about 93% of the copy engine's
-bandwidth with 16 thread blocks per expert, and leaves the other SMs to the step's kernels.
+16 thread blocks per expert: enough to keep PCIe busy while leaving most SMs to the step's kernels (this kernel's
+own bandwidth is not measured separately yet; the decode benchmark's bytes per token and TPOT bound it).
 """
 
 from __future__ import annotations
