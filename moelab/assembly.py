@@ -23,6 +23,7 @@ run, so these components are refused where a run serves them: with `eval.tasks` 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -313,6 +314,10 @@ def plan_run(cfg: Mapping[str, Any], *, serves: Serves = "run", row: dict[str, A
     check_future(c, comps, serves, eval_tasks)
     check_lookahead(comps.prefetch, execution, plan.spec.top_k, routing.replays)
     check_replay(c, comps)
+    if routing.replays:  # a trace of another shape: say how it maps (or refuse where nothing maps)
+        row["replay_mapping"] = mapping = routing.mapping(plan.spec)
+        if mapping:
+            print(f"note: {mapping}", file=sys.stderr, flush=True)
     if serves == "lm_eval":  # requests are scored and generated one at a time by lm-eval, eagerly
         if execution.graphs == "on":
             raise ConfigError("execution.graphs=on: lm-eval's requests run through the eager executor; "

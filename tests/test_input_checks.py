@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from moelab import runner
+from moelab.assembly import plan_run
 from moelab.core.errors import ConfigError, ResultsError
 from moelab.results.store import read_runs
 from tests.test_faults import compose
@@ -72,3 +74,44 @@ def test_a_results_file_of_the_wrong_kind_or_schema_is_refused_before_measuring(
     assert "\n" not in msg and str(bad) in msg and expect in msg and "move it aside" in msg, msg
     assert sorted(p.stat().st_mtime_ns for p in exp.rglob("*") if p.is_file()) == before  # nothing appended
     assert not os.path.exists(exp / "rows") or kind == "foreign_row_file"
+
+
+@pytest.fixture(scope="module")
+def trace(tmp_path_factory) -> str:
+    """A trace of the tiny model (4 MoE layers, 16 experts, top_k 2), recorded by a short run."""
+    tmp = tmp_path_factory.mktemp("rec")
+    row = runner.run(compose(tmp, "record_trace=true", "model.num_layers=4", "workload.num_prompts=1",
+                             "workload.batch_size=1", "workload.max_new_tokens=2"))
+    return str(row["trace_path"])
+
+
+def _plan(tmp_path, trace: str, *overrides: str) -> dict:
+    row: dict = {}
+    cfg = compose(tmp_path, "routing=replay", f"routing.trace={trace}", *overrides)
+    plan_run(OmegaConf.to_container(cfg, resolve=True), row=row)
+    return row
+
+
+def test_a_trace_of_another_shape_says_how_it_maps_in_one_note_and_the_row(tmp_path, trace, capsys):
+    loads = runner.MODELS.loads
+    row = _plan(tmp_path, trace, "model.num_layers=4")  # the recorded shape: nothing to say
+    assert row["replay_mapping"] is None and "note:" not in capsys.readouterr().err
+    row = _plan(tmp_path, trace, "model.config.num_local_experts=32", "model.config.num_hidden_layers=6",
+                "model.config.num_experts_per_tok=4")
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {row['replay_mapping']}"], notes
+    for part in ("4 MoE layers onto the model's 6", "0->0, 1->0, 2->1, 3->2, 4->2, 5->3", "experts 16 -> 32",
+                 "top_k 2 -> 4"):
+        assert part in row["replay_mapping"], row["replay_mapping"]
+    row = _plan(tmp_path, trace, "model.num_layers=2", "model.config.num_local_experts=8")
+    assert "layer: 0->0, 1->2" in row["replay_mapping"] and "r mod 8" in row["replay_mapping"]
+    assert runner.MODELS.loads == loads  # all decided from the trace's header and the model's plan
+
+
+def test_a_trace_that_maps_to_no_expert_choice_is_refused_before_any_weight(tmp_path, trace):
+    loads = runner.MODELS.loads
+    with pytest.raises(ConfigError) as e:  # 48 experts: 3 per source expert, but top_k=17 is no multiple of 2
+        _plan(tmp_path, trace, "model.config.num_local_experts=48", "model.config.num_experts_per_tok=17")
+    msg = str(e.value)
+    assert "\n" not in msg and "top_k=17 of 48" in msg and "allowed: top_k <= 16, or a multiple of 2 up to 6" in msg
+    assert runner.MODELS.loads == loads

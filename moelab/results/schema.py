@@ -52,6 +52,7 @@ class RunRow(TypedDict, total=False):
     seed: int
     workload_source: str
     replay_trace: str
+    replay_mapping: str | None  # how a trace of another shape maps onto the model
     trace_path: str
     budget_experts: int
     budget_gib: float

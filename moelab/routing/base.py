@@ -21,6 +21,11 @@ class Routing(ABC):
         """Batches and new tokens that reproduce a recording; None when the run's workload decides."""
         return None
 
+    def mapping(self, spec: Any) -> str | None:
+        """How a recording maps onto a model of shape `spec` (one line), None when it needs no mapping; raises
+        ConfigError where none exists."""
+        return None
+
     def speculation(self) -> list[tuple[int, int]]:
         """(draft tokens proposed, accepted) of each verification pass of a speculative recording, in order."""
         return []

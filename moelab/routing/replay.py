@@ -13,6 +13,8 @@ Mapping (documented choices):
     a prediction that names the right source experts names the right destination ones; all E are
     reachable as r_j is ranked first or second. Otherwise the j-th choice is r_j * m + (r_{j+1} mod m)
     over the source's full ranking (an ordered pair of source experts).
+  Where none of these applies (more experts, and k neither a multiple of k_src within m nor at most E_src),
+  there is no mapping: refused before any weight is read (`ReplayRouting.mapping`).
 - weights: the source's if k is the same, else uniform 1/k (weights scale outputs, not transfers).
 - workload: the trace's prompts (token ids modulo the vocabulary), batch size and new tokens, so the
   steps line up one to one with the recording. A trace of speculative decoding is replayed by speculative
@@ -24,6 +26,10 @@ frequency maps, oracle/belady from the replayed trace). Predictors that read hid
 use the trace's recorded predictions (`pred_d1`, `pred_d2`, via `ReplayBackend.predicted`): the random
 model's own hidden states say nothing about the replayed routing. So under replay `qhs` replays what the
 recorded model's routers predicted (state=post_attn, d <= the trace's lookahead), and `mlp` is refused.
+
+A trace whose shape differs from the model's (MoE layers, experts or top_k) is replayed with the mapping above and
+the run says so in one `note:` line on stderr (layers i -> source layer, experts E_src -> E) and in the row's
+`replay_mapping` column; the same shape has no note and an empty column.
 """
 
 from __future__ import annotations
@@ -62,6 +68,25 @@ def map_experts(ranking: list[int], topk: list[int], e_src: int, e_dst: int, k: 
     return [order[j] * m + (order[(j + 1) % len(order)] % m) for j in range(k)]
 
 
+def layer_map(src_layers: list[int], moe_layers: list[int]) -> dict[int, int]:
+    """The model's i-th MoE layer -> source MoE layer floor(i * L_src / L)."""
+    return {layer: src_layers[(i * len(src_layers)) // len(moe_layers)] for i, layer in enumerate(moe_layers)}
+
+
+def _experts_rule(e_src: int, e_dst: int, k_src: int, k: int) -> str | None:
+    """How a token's experts map (see the module docstring); None where no mapping exists."""
+    if e_dst == e_src:
+        return "same experts"
+    if e_dst < e_src:
+        return "source expert r -> r mod " + str(e_dst)
+    m = e_dst // e_src
+    if k % k_src == 0 and k // k_src <= m:
+        return f"each chosen source expert -> {k // k_src} of its group of {m}"
+    if k <= e_src:
+        return f"j-th choice -> r_j * {m} + (r_(j+1) mod {m}) over the source's ranking"
+    return None
+
+
 @register("routing", "replay")
 class ReplayRouting(Routing):
     replays = True
@@ -76,6 +101,25 @@ class ReplayRouting(Routing):
             self._by_step.setdefault(int(step), {})[int(layer)] = g.sort_values("pos")
         self.steps = sorted(self._by_step)
         self._device_tables: tuple[Any, Any] | None = None  # moelab.routing.device_replay, built once per executor
+
+    def mapping(self, spec: Any) -> str | None:
+        """How the trace maps onto a model of shape `spec` (one line), None for the same shape; a ConfigError
+        where no mapping exists. Decided from the header and the model's plan, before any weight is read."""
+        h = self.header
+        src, moe = [int(x) for x in h["moe_layers"]], [int(x) for x in spec.moe_layers]
+        e_src, k_src, e, k = int(h["num_experts"]), int(h["top_k"]), int(spec.num_experts), int(spec.top_k)
+        rule = _experts_rule(e_src, e, k_src, k)
+        if rule is None:
+            m = e // e_src
+            raise ConfigError(f"routing=replay: the trace {self.path} routes top_k={k_src} of {e_src} experts, which "
+                              f"does not map to the model's top_k={k} of {e}; allowed: top_k <= {e_src}, or a "
+                              f"multiple of {k_src} up to {k_src * m} (model.config.num_experts_per_tok)")
+        if src == moe and e == e_src and k == k_src:
+            return None
+        layers = ", ".join(f"{i}->{s}" for i, s in layer_map(src, moe).items())
+        return (f"routing=replay maps the trace's {len(src)} MoE layers onto the model's {len(moe)} (layer -> source "
+                f"layer: {layers}); experts {e_src} -> {e} ({rule}); top_k {k_src} -> {k}"
+                + ("" if k == k_src and e == e_src else ", weights uniform 1/top_k"))
 
     def speculation(self) -> list[tuple[int, int]]:
         """(draft tokens proposed, accepted) of each verification pass of a speculative recording, in order."""
@@ -107,10 +151,7 @@ class ReplayBackend:
         self.replay = replay
         self.spec = spec
         h = replay.header
-        src_layers = list(h["moe_layers"])
-        self.layer_map = {
-            layer: src_layers[(i * len(src_layers)) // len(spec.moe_layers)] for i, layer in enumerate(spec.moe_layers)
-        }
+        self.layer_map = layer_map(list(h["moe_layers"]), list(spec.moe_layers))
         self.e_src = int(h["num_experts"])
         self.k_src = int(h["top_k"])
         self.cursor = -1
