@@ -115,3 +115,23 @@ def test_a_trace_that_maps_to_no_expert_choice_is_refused_before_any_weight(tmp_
     msg = str(e.value)
     assert "\n" not in msg and "top_k=17 of 48" in msg and "allowed: top_k <= 16, or a multiple of 2 up to 6" in msg
     assert runner.MODELS.loads == loads
+
+
+def test_an_eval_task_whose_hub_dataset_is_not_cached_is_refused_offline_before_any_weight(tmp_path, monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
+    cached = [Path(datasets.config.HF_DATASETS_CACHE) / "allenai___ai2_arc",
+              Path(huggingface_hub.constants.HF_HUB_CACHE) / "datasets--allenai--ai2_arc"]
+    if any(p.exists() for p in cached):
+        pytest.skip("arc_easy's data is cached on this machine: nothing to refuse")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loads = runner.MODELS.loads
+    with pytest.raises(ConfigError) as e:
+        runner.run(compose(tmp_path, "eval.tasks=[arc_easy]"))
+    msg = str(e.value)
+    assert "\n" not in msg and "task arc_easy" in msg and "allenai/ai2_arc (ARC-Easy)" in msg, msg
+    assert "HF_HUB_OFFLINE" in msg and "code_line_em" in msg
+    assert runner.MODELS.loads == loads
+    df = read_runs(tmp_path / "results", "default")
+    assert df.status.tolist() == ["failed"] and "arc_easy" in df.error.iloc[0]

@@ -2,6 +2,8 @@
 
 Task names are looked up in moelab's own task folder (moelab/eval/task_configs), in `eval.include_path`,
 and, unless `eval.include_defaults=false`, in lm-eval's bundled tasks (indexing those takes ~25 s).
+Offline (`HF_HUB_OFFLINE`/`HF_DATASETS_OFFLINE`, or the hub unreachable), each task's hub dataset must be cached:
+one that is not is refused in one line before any weight loads (`check_datasets`), not after the timed run.
 The full lm-eval results JSON is written beside the run as `<results_dir>/<experiment>/<run_id>/lm_eval.json`.
 """
 
@@ -10,7 +12,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -84,7 +87,78 @@ def check_tasks(c: Mapping[str, Any]) -> list[str]:
         raise ConfigError(f"unknown lm-eval task(s) {', '.join(unknown)}{where}; moelab's tasks: {', '.join(own)}; "
                           "list lm-eval's with `lm_eval ls tasks`, or add a folder of task YAMLs with "
                           "eval.include_path=DIR")
+    check_datasets(task_manager(ev), tasks)
     return tasks
+
+
+LOCAL_BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "imagefolder", "audiofolder"}
+
+
+def _task_configs(tm: Any, name: str, seen: set[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(task, its YAML config with includes) of a task name, or of each task of a group or tag."""
+    if name in seen:
+        return
+    seen.add(name)
+    entry = tm._entry(name) if hasattr(tm, "_entry") else None
+    if entry is None or entry.yaml_path is None:  # a Python-defined task, or an lm-eval without this index
+        return
+    kind = entry.kind.name
+    if kind == "TAG":
+        for other, e in tm.task_index.items():
+            if name in getattr(e, "tags", ()):
+                yield from _task_configs(tm, other, seen)
+        return
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    cfg = load_yaml(entry.yaml_path, resolve_func=False)
+    if kind == "GROUP":
+        for sub in cfg.get("task") or []:
+            if isinstance(sub, str):
+                yield from _task_configs(tm, sub, seen)
+        return
+    yield name, cfg
+
+
+@contextmanager
+def _offline_flags() -> Iterator[None]:
+    """The hub's offline mode for this block only (datasets and huggingface_hub read the flags at import)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    old = datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = old
+
+
+def check_datasets(tm: Any, tasks: list[str]) -> None:
+    """Offline, every task's hub dataset must be in the cache: else one ConfigError naming the task, the dataset
+    and what is allowed. Online nothing is checked (lm-eval downloads what it needs)."""
+    from moelab.workloads._hf_datasets import hub_reachable
+
+    if hub_reachable():
+        return
+    import datasets
+
+    why = "HF_HUB_OFFLINE is set" if os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE") \
+        else "the hub cannot be reached"
+    seen: set[str] = set()
+    for name in tasks:
+        for task, cfg in _task_configs(tm, name, seen):
+            path, config = cfg.get("dataset_path"), cfg.get("dataset_name")
+            if not path or "custom_dataset" in cfg or str(path) in LOCAL_BUILDERS or Path(str(path)).exists():
+                continue
+            try:
+                with _offline_flags():
+                    datasets.load_dataset_builder(str(path), config)
+            except Exception:
+                own = ", ".join(sorted(p.stem for p in OWN_TASKS.glob("*.yaml")))
+                raise ConfigError(
+                    f"eval.tasks: task {task} needs the hub dataset {path}{f' ({config})' if config else ''}, which "
+                    f"is not cached and {why}; allowed offline: tasks whose data is cached (moelab's: {own}), or "
+                    "run once with network to cache it") from None
 
 
 def score_columns(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
