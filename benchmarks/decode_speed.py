@@ -179,13 +179,12 @@ def exactness(args: argparse.Namespace) -> None:
             same = sum(a == b for o, p in zip(out.new_tokens, plain.new_tokens) for a, b in zip(o, p))
             same_g = sum(a == b for o, p in zip(out.new_tokens, plain_graph.new_tokens) for a, b in zip(o, p))
             total = sum(len(p) for p in plain.new_tokens)
-            captured = [s for s in ex.graph_steps.values()]
             row = dict(prov, model=name, capacity=cap, total_experts=spec.total_experts, tokens=total,
                        agree_plain=same / total, agree_plain_graph=same_g / total,
                        identical_to_plain=out.new_tokens == plain.new_tokens,
                        identical_to_plain_graph=out.new_tokens == plain_graph.new_tokens,
                        graph_replays=ex.counters.graph_replays, evictions=ex.counters.evictions,
-                       capture_failure=next((s.failure for s in captured if s.failure), ""))
+                       capture_failure=next((s.failure for s in ex.graph_steps.values() if s.failure), ""))
             rows.append(row)
             if device.type == "cuda":
                 append_row(ROOT / "benchmarks" / "results" / "exactness.parquet", row)

@@ -42,8 +42,6 @@ class ForwardStep(Protocol):
 class EagerStep:
     """One eager forward per call over a `DynamicCache`."""
 
-    captured = False
-
     def __init__(self, om: OffloadedModel):
         self.om = om
         self.kv = DynamicCache(config=om.config)
@@ -78,7 +76,6 @@ class GraphStep:
         self.out: torch.Tensor | None = None  # [B, 1, V] the graph's logits (rewritten by each replay)
         self.log: Any = None  # the backend's captured layer log
         self.eager_decodes = 0
-        self.replays = 0
         self.failure = ""  # why capture failed (the step then stays eager)
 
     @property
@@ -155,7 +152,6 @@ class GraphStep:
                 backend.use_log(self.log)
         finally:
             backend.end_step()
-        self.replays += 1
         assert self.out is not None
         return self.out, step
 

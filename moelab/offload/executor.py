@@ -217,10 +217,14 @@ class OffloadExecutor:
         """Close the step: let the prefetcher plan for the next one, mark the end of compute."""
         info = self._step
         assert info is not None, "end_step without begin_step"
-        self._prefetch(self.prefetch.on_step_end(info.step, self.view()), pinned=set())
+        self._after_step(info)
         self.recorder.step(info.step, info.phase, info.start, self.recorder.mark())
         self._step = None
         self.recorder.resolve()
+
+    def _after_step(self, info: StepInfo) -> None:
+        """What the host does once a step's work is issued: here, the prefetcher plans for the next step."""
+        self._prefetch(self.prefetch.on_step_end(info.step, self.view()), pinned=set())
 
     def finish(self) -> Timeline:
         """Wait for the device and resolve every mark; prefetched experts never used count as wasted."""

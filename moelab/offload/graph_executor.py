@@ -109,16 +109,9 @@ class GraphExecutor(OffloadExecutor):
         self._log = []
         return super().begin_step(phase, num_tokens)
 
-    def end_step(self) -> None:
-        """Read the step's log once and record what it did: routing, hits, demand copies, evictions."""
-        info = self._step
-        assert info is not None, "end_step without begin_step"
-        self._record(info)
-        self.recorder.step(info.step, info.phase, info.start, self.recorder.mark())
-        self._step = None
-        self.recorder.resolve()
-
-    def _record(self, info: StepInfo) -> None:
+    def _after_step(self, info: StepInfo) -> None:
+        """Read the step's log once and record what it did: routing, hits, demand copies, evictions (no host
+        prefetcher runs on this path: moelab.offload.graph_plan admits prefetch=none only)."""
         log, self._log = self._log, []
         if not log:
             return

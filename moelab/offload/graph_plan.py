@@ -39,8 +39,8 @@ class ExecutionPath:
                 "decision_lag_steps": 0}
 
 
-def _obstacles(cfg: Mapping[str, Any], device: torch.device, batch_size: int, capacity: int, top_k: int) -> list[str]:
-    execution = Execution.from_config(cfg.get("execution"))
+def _obstacles(cfg: Mapping[str, Any], execution: Execution, device: torch.device, batch_size: int, capacity: int,
+               top_k: int) -> list[str]:
     name = lambda kind: str((cfg.get(kind) or {}).get("name"))  # noqa: E731
     out = []
     if device.type != "cuda":
@@ -69,10 +69,11 @@ def _obstacles(cfg: Mapping[str, Any], device: torch.device, batch_size: int, ca
 def choose_path(cfg: Mapping[str, Any], device: torch.device, batch_size: int, capacity: int,
                 top_k: int) -> ExecutionPath:
     """The run's execution path; `execution.graphs=on` with an obstacle is a ConfigError naming it."""
-    mode = Execution.from_config(cfg.get("execution")).graphs
+    execution = Execution.from_config(cfg.get("execution"))
+    mode = execution.graphs
     if mode == "off":
         return ExecutionPath(False, "execution.graphs=off")
-    obstacles = _obstacles(cfg, device, batch_size, capacity, top_k)
+    obstacles = _obstacles(cfg, execution, device, batch_size, capacity, top_k)
     if not obstacles:
         return ExecutionPath(True, "")
     if mode == "on":
