@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 from moelab.core.errors import ConfigError
 from moelab.core.registry import register
 from moelab.decoding.base import Decoding, Generation, StepTiming, now_ms
-from moelab.decoding.steps import EagerStep, ForwardStep
+from moelab.decoding.steps import EagerStep, ForwardStep, crop_to
 from moelab.models.hf_compat import cache_kwargs
 from moelab.models.hub import locate, weight_dir
 from moelab.models.offloaded import OffloadedModel
@@ -64,13 +64,6 @@ class DraftModel:
             raise ConfigError(f"the draft's vocabulary ({model.config.vocab_size}) differs from the target's "
                               f"({vocab}); the draft must share the target's tokenizer")
         return model.to(om.device).eval().requires_grad_(False)
-
-
-def crop_to(kv: DynamicCache, length: int) -> None:
-    """Keep the first `length` positions (a negative `crop` removes tokens in every transformers >= 5)."""
-    extra = kv.get_seq_length() - length
-    if extra > 0:
-        kv.crop(-extra)
 
 
 @register("decoding", "speculative")
@@ -211,7 +204,7 @@ class SpeculativeDecoding(Decoding):
             out += new
             target.crop(base + accepted)  # everything but the new last token, which the next step feeds
             dlen = min(dlen + accepted, draft_kv.get_seq_length())
-            crop_to(draft_kv, dlen)
+            crop_to(draft_kv, dlen)  # the draft's own cache, rolled back as the target's step is
             self.proposed += g
             self.accepted += accepted
             self.verifications += 1

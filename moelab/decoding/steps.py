@@ -39,6 +39,14 @@ class ForwardStep(Protocol):
         ...
 
 
+def crop_to(kv: DynamicCache, length: int) -> None:
+    """Keep the first `length` positions of a dynamic cache (a negative `crop` removes tokens in every
+    transformers >= 5)."""
+    extra = kv.get_seq_length() - length
+    if extra > 0:
+        kv.crop(-extra)
+
+
 class EagerStep:
     """One eager forward per call over a `DynamicCache`."""
 
@@ -52,9 +60,7 @@ class EagerStep:
         return forward_step(self.om, phase, ids, mask, self.kv)
 
     def crop(self, length: int) -> None:
-        extra = self.kv.get_seq_length() - length
-        if extra > 0:
-            self.kv.crop(-extra)  # a negative crop removes tokens in every transformers >= 5
+        crop_to(self.kv, length)
 
 
 class GraphStep:
